@@ -1,0 +1,25 @@
+// Typed errors with actionable messages. Every message names the thing at fault (file, tensor, field,
+// row) and says what to do about it.
+
+/** Base class of every error tsft throws on purpose. */
+export class TsftError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = new.target.name;
+  }
+}
+
+/** A config.json / generation_config.json / argument that is missing, malformed or unsupported. */
+export class ConfigError extends TsftError {}
+
+/** A checkpoint on disk that cannot be read: missing file, bad header, wrong shape, unknown dtype. */
+export class CheckpointError extends TsftError {}
+
+/** A hub download that failed: offline, not found, bad endpoint. */
+export class HubError extends TsftError {}
+
+/** A tokenizer or chat template problem (missing tokenizer.json, unknown template, too long input). */
+export class TemplateError extends TsftError {}
+
+/** A device/backend that cannot be initialised. */
+export class DeviceError extends TsftError {}

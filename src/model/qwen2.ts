@@ -1,0 +1,322 @@
+// Qwen2 (and Qwen2.5) decoder in tfjs, written bottom-up as transformers' modeling_qwen2.py:
+// RMSNorm → RoPE → GQA attention (qkv bias) → SwiGLU MLP → decoder block → causal LM.
+// Parameters are tf.Variables keyed by their Hugging Face names, so checkpoints load and save by a
+// straight lookup. Everything here is synchronous tfjs, so tf.grad / tf.variableGrads work through it.
+
+import * as tf from '@tensorflow/tfjs-core';
+import { parameterShapes, type QwenConfig } from './config';
+import { CheckpointError } from '../errors';
+import { globalRandom, type Random } from '../utils/seed';
+import { KVCache } from './kv-cache';
+import '../backend/gradients';
+
+/** Batch of token ids, one array per row, all rows the same length. */
+export type TokenIds = number[][];
+
+// ---------------------------------------------------------------------------------------------------
+// RMSNorm: x / sqrt(mean(x²) + eps) * weight, over the last axis.
+
+export function rmsNorm(x: tf.Tensor, weight: tf.Tensor, eps: number): tf.Tensor {
+  const variance = tf.mean(tf.square(x), -1, true);
+  return tf.mul(tf.mul(x, tf.rsqrt(tf.add(variance, eps))), weight);
+}
+
+// ---------------------------------------------------------------------------------------------------
+// RoPE (rotate-half form). Angles are computed in float32 exactly as transformers does
+// (inv_freq = 1 / theta^(2i/D) in f32, angle = position * inv_freq in f32), so long positions agree.
+
+export function ropeCosSin(positions: TokenIds, headDim: number, theta: number): { cos: tf.Tensor4D; sin: tf.Tensor4D } {
+  const B = positions.length, T = positions[0].length, half = headDim / 2;
+  const invFreq = new Float32Array(half);
+  for (let i = 0; i < half; i++) invFreq[i] = Math.fround(1 / Math.fround(Math.pow(theta, Math.fround((2 * i) / headDim))));
+  const cos = new Float32Array(B * T * headDim), sin = new Float32Array(B * T * headDim);
+  for (let b = 0; b < B; b++) {
+    for (let t = 0; t < T; t++) {
+      const o = (b * T + t) * headDim, pos = positions[b][t];
+      for (let i = 0; i < half; i++) {
+        const a = Math.fround(pos * invFreq[i]);
+        cos[o + i] = cos[o + i + half] = Math.cos(a);
+        sin[o + i] = sin[o + i + half] = Math.sin(a);
+      }
+    }
+  }
+  return { cos: tf.tensor4d(cos, [B, 1, T, headDim]), sin: tf.tensor4d(sin, [B, 1, T, headDim]) };
+}
+
+/** x * cos + rotate_half(x) * sin, with rotate_half(x) = [-x2, x1]. x: [B, heads, T, D]. */
+export function applyRope(x: tf.Tensor4D, cos: tf.Tensor4D, sin: tf.Tensor4D): tf.Tensor4D {
+  const half = x.shape[3] / 2;
+  const [x1, x2] = tf.split(x, [half, half], 3);
+  const rotated = tf.concat([tf.neg(x2), x1], 3);
+  return tf.add(tf.mul(x, cos), tf.mul(rotated, sin)) as tf.Tensor4D;
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Attention bias: 0 where a query may look, -1e9 where it may not (causal, padding). A large finite
+// value rather than -inf keeps fully masked rows (left padding) finite in forward and backward.
+
+export const MASKED = -1e9;
+
+/**
+ * [B, 1, T, S] additive bias for T queries at absolute positions past..past+T-1 over S = past + T keys.
+ * `attentionMask` ([B, S], 1 = real token, 0 = padding) follows transformers: it covers the cached keys too.
+ */
+export function attentionBias(B: number, T: number, past: number, attentionMask?: TokenIds): tf.Tensor4D {
+  const S = past + T;
+  const bias = new Float32Array(B * T * S);
+  for (let b = 0; b < B; b++) {
+    const m = attentionMask?.[b];
+    if (m && m.length !== S) throw new RangeError(`attentionMask row ${b} has ${m.length} entries, expected ${S} (cached + new tokens)`);
+    for (let t = 0; t < T; t++) {
+      const row = (b * T + t) * S;
+      for (let s = 0; s < S; s++) if (s > past + t || (m && m[s] === 0)) bias[row + s] = MASKED;
+    }
+  }
+  return tf.tensor4d(bias, [B, 1, T, S]);
+}
+
+/**
+ * Causal GQA attention. q: [B, H, T, D]; k, v: [B, KV, S, D]; bias: [B, 1, T, S].
+ * Query heads are grouped per KV head (head h reads KV head h / (H/KV), as transformers' repeat_kv)
+ * by folding the group into the query axis, so K and V are never repeated in memory.
+ */
+export function gqaAttention(q: tf.Tensor4D, k: tf.Tensor4D, v: tf.Tensor4D, bias: tf.Tensor4D): tf.Tensor4D {
+  const [B, H, T, D] = q.shape;
+  const [, KV, S] = k.shape;
+  const g = H / KV;
+  const qg = tf.reshape(q, [B, KV, g * T, D]);                                       // [B, KV, g·T, D]
+  const scores = tf.mul(tf.matMul(qg, k, false, true), 1 / Math.sqrt(D));           // [B, KV, g·T, S]
+  const probs = tf.softmax(tf.add(tf.reshape(scores, [B, H, T, S]), bias));         // [B, H, T, S]
+  const out = tf.matMul(tf.reshape(probs, [B, KV, g * T, S]), v);                    // [B, KV, g·T, D]
+  return tf.reshape(out, [B, H, T, D]);
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Linear layers: x [N, in] · Wᵀ [in, out] (+ b). Weights are stored [out, in] as in PyTorch.
+
+export function linear(x: tf.Tensor2D, weight: tf.Tensor, bias?: tf.Tensor): tf.Tensor2D {
+  const y = tf.matMul(x, weight as tf.Tensor2D, false, true) as tf.Tensor2D;
+  return bias ? tf.add(y, bias) as tf.Tensor2D : y;
+}
+
+/** SwiGLU MLP: down(silu(gate(x)) * up(x)). */
+export function swiglu(x: tf.Tensor2D, gate: tf.Tensor, up: tf.Tensor, down: tf.Tensor): tf.Tensor2D {
+  const g = linear(x, gate);
+  return linear(tf.mul(tf.mul(g, tf.sigmoid(g)), linear(x, up)) as tf.Tensor2D, down);
+}
+
+// ---------------------------------------------------------------------------------------------------
+// The model.
+
+export interface ForwardOptions {
+  /** [B, past + T]: 1 for real tokens, 0 for padding (default: all ones) */
+  attentionMask?: TokenIds;
+  /** [B, T] absolute positions (default: past .. past + T - 1, as transformers without position_ids) */
+  positionIds?: TokenIds;
+  /** KV cache to read and extend (decoding) */
+  cache?: KVCache;
+  /** compute logits at the last position of each row only: [B, 1, V] (decoding) */
+  lastOnly?: boolean;
+}
+
+export interface LossOptions extends Omit<ForwardOptions, 'cache' | 'lastOnly'> {
+  /** 'mean' (default): token mean over labelled tokens; 'sum': their sum (for accumulation) */
+  reduction?: 'mean' | 'sum';
+}
+
+export interface LossOutput {
+  /** scalar: mean (or sum) of token cross-entropies over labelled positions */
+  loss: tf.Scalar;
+  /** scalar: fraction of labelled positions whose argmax is the label */
+  tokenAcc: tf.Scalar;
+  /** number of labelled positions (labels after the shift that are not -100) */
+  numTokens: number;
+}
+
+/** What `getModelTokenizer` knows about the checkpoint (ms-swift's ModelInfo). */
+export interface ModelInfo {
+  modelType: string;
+  modelDir: string | null;
+  dtype: string;
+  maxModelLen: number;
+  config: QwenConfig['json'];
+}
+
+/** ms-swift's ModelMeta: which template the model type uses. */
+export interface ModelMeta {
+  modelType: string;
+  template: string;
+}
+
+let modelCounter = 0;
+
+export class Qwen2ForCausalLM {
+  readonly config: QwenConfig;
+  modelInfo: ModelInfo;
+  modelMeta: ModelMeta;
+  /** generation_config.json of the checkpoint ({} when absent) */
+  generationConfig: Record<string, unknown> = {};
+  /** HF name → variable. lm_head.weight is absent when tied (as transformers' named_parameters). */
+  protected readonly params = new Map<string, tf.Variable>();
+  training = false;
+
+  /**
+   * @param weights HF name → data for every parameter the config implies (shapes checked), or
+   *   'random' for a seeded init (normal(0, 0.02) matrices, ones for norms, zeros for biases).
+   */
+  constructor(config: QwenConfig, weights: Map<string, { shape: number[]; data: Float32Array }> | 'random', rng: Random = globalRandom) {
+    this.config = config;
+    const id = modelCounter++;
+    for (const [name, shape] of parameterShapes(config)) {
+      let data: Float32Array;
+      if (weights === 'random') {
+        const n = shape.reduce((a, b) => a * b, 1);
+        data = name.endsWith('norm.weight') ? new Float32Array(n).fill(1)
+          : name.endsWith('.bias') ? new Float32Array(n)
+          : rng.fillNormal(new Float32Array(n), 0, 0.02);
+      } else {
+        const w = weights.get(name);
+        if (!w) throw new CheckpointError(`tensor "${name}" is missing from the checkpoint (the config implies it)`);
+        if (w.shape.join() !== shape.join()) {
+          throw new CheckpointError(`tensor "${name}" has shape [${w.shape}] but config.json implies [${shape}]: the weights and config.json disagree`);
+        }
+        data = w.data;
+      }
+      // tfjs variable names are global: keep the HF name as the key, make the tfjs name unique
+      this.params.set(name, tf.variable(tf.tensor(data, shape, 'float32'), true, `m${id}/${name}`));
+    }
+    this.modelInfo = { modelType: config.modelType, modelDir: null, dtype: config.dtype, maxModelLen: config.maxPositionEmbeddings, config: config.json };
+    this.modelMeta = { modelType: config.modelType, template: config.modelType === 'qwen3' ? 'qwen3' : 'qwen2_5' };
+  }
+
+  /** HF name → tf.Variable, in transformers' order (lm_head absent when tied). */
+  namedParameters(): Map<string, tf.Variable> {
+    return this.params;
+  }
+
+  protected w(name: string): tf.Variable {
+    const v = this.params.get(name);
+    if (!v) throw new Error(`no parameter ${name}`);
+    return v;
+  }
+
+  /** The LM head matrix [V, H]: lm_head.weight, or embed_tokens.weight when tied. */
+  protected lmHead(): tf.Tensor2D {
+    return (this.params.get('lm_head.weight') ?? this.w('model.embed_tokens.weight')) as tf.Tensor2D;
+  }
+
+  train(mode = true): this {
+    this.training = mode;
+    return this;
+  }
+
+  eval(): this {
+    return this.train(false);
+  }
+
+  /** Hook between projection and RoPE; q, k: [B, T, heads, D]. Qwen3 normalises here. */
+  protected normalizeQK(q: tf.Tensor4D, k: tf.Tensor4D, _layer: number): [tf.Tensor4D, tf.Tensor4D] {
+    return [q, k];
+  }
+
+  protected attention(x: tf.Tensor2D, layer: number, B: number, T: number, rope: { cos: tf.Tensor4D; sin: tf.Tensor4D },
+    bias: tf.Tensor4D, cache?: KVCache): tf.Tensor2D {
+    const c = this.config, p = `model.layers.${layer}.self_attn.`;
+    const opt = (n: string) => this.params.get(p + n);
+    let q = tf.reshape(linear(x, this.w(p + 'q_proj.weight'), opt('q_proj.bias')), [B, T, c.numHeads, c.headDim]) as tf.Tensor4D;
+    let k = tf.reshape(linear(x, this.w(p + 'k_proj.weight'), opt('k_proj.bias')), [B, T, c.numKvHeads, c.headDim]) as tf.Tensor4D;
+    const v0 = tf.reshape(linear(x, this.w(p + 'v_proj.weight'), opt('v_proj.bias')), [B, T, c.numKvHeads, c.headDim]);
+    [q, k] = this.normalizeQK(q, k, layer);
+    const qh = applyRope(tf.transpose(q, [0, 2, 1, 3]), rope.cos, rope.sin);           // [B, H, T, D]
+    let kh = applyRope(tf.transpose(k, [0, 2, 1, 3]), rope.cos, rope.sin);             // [B, KV, T, D]
+    let vh = tf.transpose(v0, [0, 2, 1, 3]) as tf.Tensor4D;                             // [B, KV, T, D]
+    if (cache) [kh, vh] = cache.append(layer, kh, vh);                                  // [B, KV, S, D]
+    const o = gqaAttention(qh, kh, vh, bias);                                           // [B, H, T, D]
+    const o2 = tf.reshape(tf.transpose(o, [0, 2, 1, 3]), [B * T, c.numHeads * c.headDim]) as tf.Tensor2D;
+    return linear(o2, this.w(p + 'o_proj.weight'), opt('o_proj.bias'));
+  }
+
+  protected block(x: tf.Tensor2D, layer: number, B: number, T: number, rope: { cos: tf.Tensor4D; sin: tf.Tensor4D },
+    bias: tf.Tensor4D, cache?: KVCache): tf.Tensor2D {
+    const p = `model.layers.${layer}.`, eps = this.config.rmsNormEps;
+    const h = tf.add(x, this.attention(rmsNorm(x, this.w(p + 'input_layernorm.weight'), eps) as tf.Tensor2D, layer, B, T, rope, bias, cache)) as tf.Tensor2D;
+    const m = swiglu(rmsNorm(h, this.w(p + 'post_attention_layernorm.weight'), eps) as tf.Tensor2D,
+      this.w(p + 'mlp.gate_proj.weight'), this.w(p + 'mlp.up_proj.weight'), this.w(p + 'mlp.down_proj.weight'));
+    return tf.add(h, m) as tf.Tensor2D;
+  }
+
+  /** Final hidden states after model.norm: [B·T, H]. */
+  hiddenStates(inputIds: TokenIds, opts: ForwardOptions = {}): tf.Tensor2D {
+    const B = inputIds.length, T = inputIds[0]?.length ?? 0;
+    if (B === 0 || T === 0) throw new RangeError('forward: inputIds must be a non-empty [B, T] array');
+    for (const [b, row] of inputIds.entries()) {
+      if (row.length !== T) throw new RangeError(`forward: row ${b} has ${row.length} tokens, row 0 has ${T}: pad the batch first`);
+    }
+    const past = opts.cache?.length ?? 0;
+    const positions = opts.positionIds ?? inputIds.map(() => Array.from({ length: T }, (_, t) => past + t));
+    const rope = ropeCosSin(positions, this.config.headDim, this.config.ropeTheta);
+    const bias = attentionBias(B, T, past, opts.attentionMask);
+    const ids = tf.tensor1d(inputIds.flat(), 'int32');
+    let x = tf.gather(this.w('model.embed_tokens.weight'), ids) as tf.Tensor2D;         // [B·T, H]
+    for (let l = 0; l < this.config.numLayers; l++) x = this.block(x, l, B, T, rope, bias, opts.cache);
+    if (opts.cache) opts.cache.length = past + T;
+    return rmsNorm(x, this.w('model.norm.weight'), this.config.rmsNormEps) as tf.Tensor2D;
+  }
+
+  /**
+   * Logits [B, T, V] (or [B, 1, V] with lastOnly).
+   * @example
+   *   const { logits } = model.forward([[9707, 11, 1879]]);   // [1, 3, vocab]
+   */
+  forward(inputIds: TokenIds, opts: ForwardOptions = {}): { logits: tf.Tensor3D } {
+    const B = inputIds.length, T = inputIds[0].length, V = this.config.vocabSize;
+    const logits = tf.tidy(() => {
+      let h = this.hiddenStates(inputIds, opts);                                         // [B·T, H]
+      if (opts.lastOnly) h = tf.gather(h, inputIds.map((_, b) => b * T + T - 1));      // [B, H]
+      return tf.reshape(tf.matMul(h, this.lmHead(), false, true), [B, opts.lastOnly ? 1 : T, V]) as tf.Tensor3D;
+    });
+    return { logits };
+  }
+
+  /**
+   * Causal-LM loss with shifted labels (-100 ignored), computing logits only at labelled positions:
+   * hidden states of the labelled rows are gathered first, so the [N, V] logits cover N labelled
+   * tokens, and the label logit is gathered from them (no one-hot over the vocabulary).
+   * @example
+   *   const grads = tf.variableGrads(() => model.loss(ids, labels).loss);
+   */
+  loss(inputIds: TokenIds, labels: TokenIds, opts: LossOptions = {}): LossOutput {
+    const B = inputIds.length, T = inputIds[0].length, V = this.config.vocabSize;
+    const rows: number[] = [], targets: number[] = [];
+    for (let b = 0; b < B; b++) {
+      if (labels[b]?.length !== T) throw new RangeError(`loss: labels row ${b} has ${labels[b]?.length} entries, input_ids has ${T}`);
+      for (let t = 0; t + 1 < T; t++) {
+        const y = labels[b][t + 1];
+        if (y === -100) continue;
+        if (!Number.isInteger(y) || y < 0 || y >= V) throw new RangeError(`loss: label ${y} at row ${b}, position ${t + 1} is outside the vocabulary [0, ${V})`);
+        rows.push(b * T + t);
+        targets.push(y);
+      }
+    }
+    const h = this.hiddenStates(inputIds, opts);                                         // [B·T, H]
+    if (rows.length === 0) {
+      // nothing to learn from: a zero that still depends on the parameters, so gradients are zeros
+      return { loss: tf.mul(tf.sum(h), 0) as tf.Scalar, tokenAcc: tf.scalar(0), numTokens: 0 };
+    }
+    const N = rows.length;
+    const logits = tf.matMul(tf.gather(h, rows), this.lmHead(), false, true);           // [N, V]
+    const lse = tf.logSumExp(logits, -1);                                                // [N]
+    const flat = tf.tensor1d(targets.map((y, i) => i * V + y), 'int32');
+    const picked = tf.gather(tf.reshape(logits, [N * V]), flat);                         // [N]
+    const tokenLoss = tf.sub(lse, picked);
+    const loss = (opts.reduction === 'sum' ? tf.sum(tokenLoss) : tf.mean(tokenLoss)) as tf.Scalar;
+    const tokenAcc = tf.mean(tf.cast(tf.equal(tf.argMax(logits, -1), tf.tensor1d(targets, 'int32')), 'float32')) as tf.Scalar;
+    return { loss, tokenAcc, numTokens: N };
+  }
+
+  /** Free every parameter's memory. */
+  dispose(): void {
+    for (const v of this.params.values()) v.dispose();
+    this.params.clear();
+  }
+}

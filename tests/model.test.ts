@@ -1,0 +1,102 @@
+// Golden tests: tsft's Qwen2/Qwen3 against checkpoints and numbers written by transformers 5.17
+// (tests/fixtures/make_model_fixtures.py), on every backend: logits 1e-4, loss 1e-5, gradients 1e-4
+// relative, greedy tokens identical.
+
+import { after, describe, it } from 'node:test';
+import assert from 'node:assert/strict';
+import * as fs from 'fs';
+import * as path from 'path';
+import * as tf from '@tensorflow/tfjs-core';
+import { getModelTokenizer } from '../src/model/loader';
+import { readSafetensors } from '../src/model/safetensors';
+import { generate } from '../src/model/generate';
+import { shutdownDevice } from '../src/backend/device';
+import { maxAbsDiff, maxRelDiff, startOrSkip, testDevices } from './helpers';
+
+const FIXTURES = path.join(import.meta.dirname, 'fixtures', 'models');
+
+interface Expected {
+  input_ids: number[][];
+  attention_mask: number[][];
+  labels: number[][];
+  loss: number;
+  token_acc: number;
+  greedy: { prompt: number[]; new_tokens: number[] };
+}
+
+async function fixture(name: string) {
+  const dir = path.join(FIXTURES, name);
+  const exp = JSON.parse(fs.readFileSync(path.join(dir, 'expected.json'), 'utf8')) as Expected;
+  const { tensors } = await readSafetensors(path.join(dir, 'expected.safetensors'));
+  return { dir, exp, tensors };
+}
+
+/** logits compared at real (non-padding) positions only: transformers' values at padded queries are arbitrary */
+function realPositions(mask: number[][], V: number) {
+  const T = mask[0].length;
+  return (i: number) => mask[Math.floor(i / (T * V))][Math.floor(i / V) % T] === 1;
+}
+
+after(() => shutdownDevice());
+
+for (const device of testDevices()) {
+  describe(`models on ${device}`, async () => {
+    const skip = await startOrSkip(device);
+    for (const arch of ['qwen2', 'qwen3']) {
+      it(`${arch}: logits, loss, gradients, greedy match transformers`, { skip: skip ?? false }, async () => {
+        const { dir, exp, tensors } = await fixture(arch);
+        const { model } = await getModelTokenizer(dir, { loadTokenizer: false, device });
+        assert.ok(model);
+        try {
+          const V = model.config.vocabSize;
+          const { logits } = model.forward(exp.input_ids, { attentionMask: exp.attention_mask });
+          const dl = maxAbsDiff(await logits.data(), tensors.get('logits')!.data, realPositions(exp.attention_mask, V));
+          logits.dispose();
+          assert.ok(dl <= 1e-4, `logits differ by ${dl}`);
+
+          let accT: tf.Tensor | null = null;
+          const { value, grads } = tf.variableGrads(() => {
+            const out = model.loss(exp.input_ids, exp.labels, { attentionMask: exp.attention_mask });
+            accT = tf.keep(out.tokenAcc);
+            return out.loss;
+          });
+          const loss = (await value.data())[0];
+          const acc = (await accT!.data())[0];
+          accT!.dispose();
+          assert.ok(Math.abs(loss - exp.loss) <= 1e-5, `loss ${loss} vs ${exp.loss}`);
+          assert.ok(Math.abs(acc - exp.token_acc) <= 1e-6, `token_acc ${acc} vs ${exp.token_acc}`);
+          let checked = 0;
+          for (const [name, v] of model.namedParameters()) {
+            const want = tensors.get(`grad.${name}`);
+            assert.ok(want, `no expected gradient for ${name}`);
+            const d = maxRelDiff(await grads[v.name].data(), want.data);
+            assert.ok(d <= 1e-4, `gradient of ${name} differs by ${d} (relative)`);
+            checked++;
+          }
+          assert.equal(checked, [...tensors.keys()].filter((k) => k.startsWith('grad.')).length);
+          tf.dispose([value, ...Object.values(grads)]);
+
+          const ids = await generate(model, exp.greedy.prompt, { maxNewTokens: 24, temperature: 0 });
+          assert.deepEqual(ids, exp.greedy.new_tokens);
+        } finally {
+          model.dispose();
+        }
+      });
+    }
+
+    for (const variant of ['qwen3-bf16', 'qwen3-f16', 'qwen3-sharded']) {
+      it(`loads ${variant} (logits of its rounded weights)`, { skip: skip ?? false }, async () => {
+        const dir = path.join(FIXTURES, variant);
+        const { tensors } = await readSafetensors(path.join(dir, 'expected.safetensors'));
+        const { exp } = await fixture('qwen3');
+        const { model } = await getModelTokenizer(dir, { loadTokenizer: false, device });
+        assert.ok(model);
+        const { logits } = model.forward(exp.input_ids, { attentionMask: exp.attention_mask });
+        const d = maxAbsDiff(await logits.data(), tensors.get('logits')!.data, realPositions(exp.attention_mask, model.config.vocabSize));
+        logits.dispose();
+        model.dispose();
+        assert.ok(d <= 1e-4, `logits differ by ${d}`);
+      });
+    }
+  });
+}

@@ -34,5 +34,10 @@ export { getTemplate, Template, MaxLengthError, type TemplateName, type Encoded 
 // --- inference
 export { streamChat, type StreamPiece } from './infer/stream';
 
+// --- plots (swift.utils: plot_images)
+export { plotImages, readScalars, readLoggingJsonl } from './plot/plot-images';
+export { tensorboardSmoothing } from './plot/smoothing';
+export { LiveLossChart } from './plot/live';
+
 // --- errors
 export { TsftError, ConfigError, CheckpointError, HubError, TemplateError, DeviceError } from './errors';

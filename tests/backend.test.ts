@@ -65,7 +65,7 @@ function runChild(code: string, env: Record<string, string | undefined> = {}, ti
     timeout: timeoutMs,
   });
   const ended = Date.now();
-  const deviceLines = r.stderr.split('\n').filter((l) => l.startsWith('[INFO:tsft] device:'));
+  const deviceLines = r.stdout.split('\n').filter((l) => l.startsWith('[INFO:tsft] device:'));
   return { ...r, started, ended, deviceLines };
 }
 
@@ -348,7 +348,7 @@ describe('fresh processes', () => {
       { TSFT_DEVICE: undefined },
     );
     assert.equal(r.status, 0, r.stderr);
-    assert.equal(r.stdout.trim(), `${want} true`);
+    assert.equal(r.stdout.trim().split('\n').at(-1), `${want} true`);
     assert.equal(r.deviceLines.length, 1, r.stderr);
     assert.match(r.deviceLines[0], new RegExp(`^\\[INFO:tsft\\] device: ${want} — `));
   });
@@ -360,7 +360,7 @@ describe('fresh processes', () => {
       { TSFT_DEVICE: 'cpu' },
     );
     assert.equal(r.status, 0, r.stderr);
-    assert.equal(r.stdout.trim(), 'cpu');
+    assert.equal(r.stdout.trim().split('\n').at(-1), 'cpu');
     assert.deepEqual(r.deviceLines, ['[INFO:tsft] device: cpu — plain JavaScript on the CPU']);
   });
 
@@ -379,7 +379,7 @@ describe('fresh processes', () => {
     );
     assert.equal(r.signal, null, `killed after 30 s: the process did not exit. stderr: ${r.stderr}`);
     assert.equal(r.status, 0, r.stderr);
-    const [value, done, at] = r.stdout.trim().split(/\s+/);
+    const [value, done, at] = r.stdout.split('\n').filter((l) => l && !l.startsWith('[INFO:tsft]')).join(' ').split(/\s+/);
     assert.equal(value, '32');
     assert.equal(done, 'done');
     const exitMs = r.ended - Number(at);

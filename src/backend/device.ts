@@ -6,6 +6,7 @@ import { createRequire } from 'node:module';
 import * as path from 'node:path';
 import * as tf from '@tensorflow/tfjs-core';
 import { DeviceError } from '../errors';
+import { getLogger } from '../utils/logger';
 import {
   probeAdapter,
   releaseNavigatorGpu,
@@ -108,7 +109,7 @@ export async function initDevice(
       p = startDevice(choice)
         .then((fresh) => {
           started.set(choice, fresh);
-          if (!opts.quiet) console.error(`[INFO:tsft] device: ${describeDevice(fresh)}`);
+          if (!opts.quiet) getLogger().info(`device: ${describeDevice(fresh)}`);
           return fresh;
         })
         .finally(() => pending.delete(choice));

@@ -7,6 +7,7 @@ import * as path from 'node:path';
 import * as tf from '@tensorflow/tfjs-core';
 import { DeviceError } from '../errors';
 import { getLogger } from '../utils/logger';
+import { installWasmBatchMatMul } from './kernels/wasm-batch-matmul';
 import {
   probeAdapter,
   releaseNavigatorGpu,
@@ -268,6 +269,7 @@ async function startWasm(): Promise<DeviceInfo> {
   } finally {
     if (lend) delete g.__dirname;
   }
+  installWasmBatchMatMul();
   const features: string[] = [];
   if (await tf.env().getAsync('WASM_HAS_SIMD_SUPPORT')) features.push('simd');
   // tfjs disables wasm threads in Node (tfjs issue #3830: no Web Worker there), so this is browser-only.

@@ -23,3 +23,6 @@ export class TemplateError extends TsftError {}
 
 /** A device/backend that cannot be initialised. */
 export class DeviceError extends TsftError {}
+
+/** A dataset that cannot be loaded: bad spec (`#0`, unknown subset), unreadable or malformed file, unknown format. */
+export class DatasetError extends TsftError {}

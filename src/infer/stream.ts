@@ -1,11 +1,10 @@
-// Text streaming over the token generator: template → prompt ids → tokens (KV cache) → whole
-// characters. The first brick of the inference engine (PtEngine builds batching, sampling configs and
-// OpenAI-shaped chunks on top of it).
+// streamChat: the one-call streaming helper over PtEngine — messages in, whole-character text pieces
+// out. Kept for scripts that hold a model and a template (npm start); new code uses PtEngine directly.
 
-import { generateTokens } from '../model/generate';
 import type { Qwen2ForCausalLM } from '../model/qwen2';
 import type { Template } from '../data/template';
-import { IncrementalDecoder, type ChatMessage } from '../model/tokenizer';
+import type { ChatMessage } from '../model/tokenizer';
+import { PtEngine } from './engine';
 
 export interface StreamOptions {
   maxNewTokens: number;
@@ -14,7 +13,7 @@ export interface StreamOptions {
 }
 
 export interface StreamPiece {
-  /** newly completed text (whole characters), '' at the end */
+  /** newly completed text (whole characters) */
   text: string;
   /** set on the last piece: 'stop' (a stop token) or 'length' (maxNewTokens reached) */
   finishReason?: 'stop' | 'length';
@@ -29,21 +28,13 @@ export interface StreamPiece {
  */
 export async function* streamChat(model: Qwen2ForCausalLM, template: Template, messages: readonly ChatMessage[],
   opts: StreamOptions): AsyncGenerator<StreamPiece, void, void> {
-  const prompt = template.inferencePrompt(messages);
-  const stop = new Set(template.stopTokenIds);
-  const decoder = new IncrementalDecoder(template.tokenizer, { skipSpecialTokens: false });
-  if (template.responsePrefix) yield { text: template.responsePrefix };
-  let n = 0;
-  for await (const id of generateTokens(model, prompt, { maxNewTokens: opts.maxNewTokens, temperature: opts.temperature ?? 0, seed: opts.seed })) {
-    n++;
-    if (stop.has(id)) {
-      yield { text: decoder.flush(), finishReason: 'stop' };
-      return;
-    }
-    const text = decoder.push(id);
-    if (text) yield { text };
-    // let the event loop breathe between tokens (servers, progress output)
-    await new Promise<void>((r) => setImmediate(r));
+  const engine = new PtEngine({ model, tokenizer: template.tokenizer }, { maxBatchSize: 1 });
+  await engine.ready;
+  engine.defaultTemplate = template;
+  const [stream] = await engine.infer([{ messages: [...messages] }],
+    { max_tokens: opts.maxNewTokens, temperature: opts.temperature ?? 0, seed: opts.seed ?? 0, stream: true });
+  for await (const chunk of stream) {
+    const { delta, finish_reason } = chunk.choices[0];
+    yield finish_reason ? { text: delta.content, finishReason: finish_reason } : { text: delta.content };
   }
-  yield { text: decoder.flush(), finishReason: n >= opts.maxNewTokens ? 'length' : 'stop' };
 }

@@ -15,6 +15,10 @@ interface Command {
 /** Commands load lazily: `tsft infer` never pays for the trainer's imports. */
 const COMMANDS: Record<string, () => Promise<Command>> = {
   infer: () => import('./infer'),
+  sft: () => import('./sft'),
+  export: () => import('./export'),
+  deploy: () => import('./deploy'),
+  'web-ui': () => import('./web-ui'),
 };
 
 function version(): string {

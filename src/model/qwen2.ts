@@ -2,11 +2,14 @@
 // RMSNorm → RoPE → GQA attention (qkv bias) → SwiGLU MLP → decoder block → causal LM.
 // Parameters are tf.Variables keyed by their Hugging Face names, so checkpoints load and save by a
 // straight lookup. Everything here is synchronous tfjs, so tf.grad / tf.variableGrads work through it.
+// Training hooks: every projection goes through `proj(name, x)`, where an attached adapter (LoRA,
+// src/train/lora.ts) adds its low-rank term; `gradientCheckpointing` recomputes each decoder block in
+// backward instead of keeping its activations (tf.customGrad).
 
 import * as tf from '@tensorflow/tfjs-core';
 import { parameterShapes, type QwenConfig } from './config';
 import { CheckpointError } from '../errors';
-import { globalRandom, type Random } from '../utils/seed';
+import { globalRandom, Random } from '../utils/seed';
 import { KVCache } from './kv-cache';
 import '../backend/gradients';
 
@@ -99,10 +102,42 @@ export function linear(x: tf.Tensor2D, weight: tf.Tensor, bias?: tf.Tensor): tf.
   return bias ? tf.add(y, bias) as tf.Tensor2D : y;
 }
 
+/** silu(g) * u, the SwiGLU gate (transformers' act_fn(gate_proj(x)) * up_proj(x)). */
+export function siluGate(g: tf.Tensor2D, u: tf.Tensor2D): tf.Tensor2D {
+  return tf.mul(tf.mul(g, tf.sigmoid(g)), u) as tf.Tensor2D;
+}
+
 /** SwiGLU MLP: down(silu(gate(x)) * up(x)). */
 export function swiglu(x: tf.Tensor2D, gate: tf.Tensor, up: tf.Tensor, down: tf.Tensor): tf.Tensor2D {
-  const g = linear(x, gate);
-  return linear(tf.mul(tf.mul(g, tf.sigmoid(g)), linear(x, up)) as tf.Tensor2D, down);
+  return linear(siluGate(linear(x, gate), linear(x, up)), down);
+}
+
+/**
+ * Something attached to one linear layer that adds to its output (LoRA). `delta` gets the layer's input
+ * and a dropout function that is seeded per decoder block, so a recomputed block draws the same masks.
+ */
+export interface LinearAdapter {
+  /** [N, out] term added to x·Wᵀ (+ b) for x: [N, in] */
+  delta(x: tf.Tensor2D, dropout: (x: tf.Tensor2D, rate: number) => tf.Tensor2D): tf.Tensor2D;
+  /** the adapter's own parameters (differentiated through checkpointed blocks) */
+  variables(): tf.Variable[];
+}
+
+/**
+ * Gradients of f w.r.t. xs scaled by dy, callable from inside another backward pass (a tf.customGrad
+ * gradient). tfjs's engine keeps one active tape and drops it when a nested top-level gradient call
+ * ends, so the outer tape is restored afterwards. Inputs f does not reach get zeros.
+ */
+export function gradientsInBackward(f: () => tf.Tensor, xs: tf.Tensor[], dy: tf.Tensor): tf.Tensor[] {
+  const state = (tf.engine() as unknown as { state: { activeTape: unknown } }).state;
+  const outerTape = state.activeTape;
+  try {
+    const { value, grads } = tf.engine().gradients(f, xs, dy, true);
+    value.dispose();
+    return grads.map((g, i) => g ?? tf.zerosLike(xs[i]));
+  } finally {
+    state.activeTape = outerTape;
+  }
 }
 
 // ---------------------------------------------------------------------------------------------------
@@ -158,7 +193,15 @@ export class Qwen2ForCausalLM {
   generationConfig: Record<string, unknown> = {};
   /** HF name → variable. lm_head.weight is absent when tied (as transformers' named_parameters). */
   protected readonly params = new Map<string, tf.Variable>();
+  /** module name (`model.layers.0.self_attn.q_proj`) → adapter adding to that projection (LoRA) */
+  readonly adapters = new Map<string, LinearAdapter>();
+  /** recompute each decoder block in backward instead of keeping its activations (training only) */
+  gradientCheckpointing = false;
+  /** draws one dropout seed per decoder block per forward in training (set by the trainer for resumable runs) */
+  dropoutRng: Random = globalRandom;
   training = false;
+  /** the current block's dropout stream (seeded per block, so recomputation repeats it) */
+  private blockRng: Random | null = null;
 
   /**
    * @param weights HF name → data for every parameter the config implies (shapes checked), or
@@ -205,6 +248,32 @@ export class Qwen2ForCausalLM {
     return (this.params.get('lm_head.weight') ?? this.w('model.embed_tokens.weight')) as tf.Tensor2D;
   }
 
+  /**
+   * One projection by module name: x·Wᵀ (+ b), plus the attached adapter's term. x: [N, in] → [N, out].
+   * @example this.proj('model.layers.0.mlp.up_proj', x)
+   */
+  protected proj(name: string, x: tf.Tensor2D): tf.Tensor2D {
+    const y = linear(x, this.w(name + '.weight'), this.params.get(name + '.bias'));
+    const adapter = this.adapters.get(name);
+    return adapter ? tf.add(y, adapter.delta(x, this.dropout)) as tf.Tensor2D : y;
+  }
+
+  /** Inverted dropout in training (identity in eval), masks drawn from the current block's stream. */
+  protected readonly dropout = (x: tf.Tensor2D, rate: number): tf.Tensor2D => {
+    if (!this.training || !(rate > 0)) return x;
+    const rng = this.blockRng ?? this.dropoutRng;
+    const keep = tf.greaterEqual(tf.randomUniform(x.shape, 0, 1, 'float32', rng.nextU32()), rate);
+    return tf.mul(x, tf.mul(tf.cast(keep, 'float32'), 1 / (1 - rate))) as tf.Tensor2D;
+  };
+
+  /** Trainable tensors block `layer` reads: its own weights and its adapters' (checkpointing differentiates these). */
+  protected blockVariables(layer: number): tf.Variable[] {
+    const p = `model.layers.${layer}.`;
+    const vars = [...this.params].filter(([n, v]) => n.startsWith(p) && v.trainable).map(([, v]) => v);
+    for (const [n, a] of this.adapters) if (n.startsWith(p)) vars.push(...a.variables().filter((v) => v.trainable));
+    return vars;
+  }
+
   train(mode = true): this {
     this.training = mode;
     return this;
@@ -222,10 +291,9 @@ export class Qwen2ForCausalLM {
   protected attention(x: tf.Tensor2D, layer: number, B: number, T: number, rope: { cos: tf.Tensor4D; sin: tf.Tensor4D },
     bias: tf.Tensor4D, cache?: KVCache): tf.Tensor2D {
     const c = this.config, p = `model.layers.${layer}.self_attn.`;
-    const opt = (n: string) => this.params.get(p + n);
-    let q = tf.reshape(linear(x, this.w(p + 'q_proj.weight'), opt('q_proj.bias')), [B, T, c.numHeads, c.headDim]) as tf.Tensor4D;
-    let k = tf.reshape(linear(x, this.w(p + 'k_proj.weight'), opt('k_proj.bias')), [B, T, c.numKvHeads, c.headDim]) as tf.Tensor4D;
-    const v0 = tf.reshape(linear(x, this.w(p + 'v_proj.weight'), opt('v_proj.bias')), [B, T, c.numKvHeads, c.headDim]);
+    let q = tf.reshape(this.proj(p + 'q_proj', x), [B, T, c.numHeads, c.headDim]) as tf.Tensor4D;   // [B, T, H, D]
+    let k = tf.reshape(this.proj(p + 'k_proj', x), [B, T, c.numKvHeads, c.headDim]) as tf.Tensor4D; // [B, T, KV, D]
+    const v0 = tf.reshape(this.proj(p + 'v_proj', x), [B, T, c.numKvHeads, c.headDim]);             // [B, T, KV, D]
     [q, k] = this.normalizeQK(q, k, layer);
     const qh = applyRope(tf.transpose(q, [0, 2, 1, 3]), rope.cos, rope.sin);           // [B, H, T, D]
     let kh = applyRope(tf.transpose(k, [0, 2, 1, 3]), rope.cos, rope.sin);             // [B, KV, T, D]
@@ -233,16 +301,49 @@ export class Qwen2ForCausalLM {
     if (cache) [kh, vh] = cache.append(layer, kh, vh);                                  // [B, KV, S, D]
     const o = gqaAttention(qh, kh, vh, bias);                                           // [B, H, T, D]
     const o2 = tf.reshape(tf.transpose(o, [0, 2, 1, 3]), [B * T, c.numHeads * c.headDim]) as tf.Tensor2D;
-    return linear(o2, this.w(p + 'o_proj.weight'), opt('o_proj.bias'));
+    return this.proj(p + 'o_proj', o2);                                                 // [B·T, hidden]
   }
 
   protected block(x: tf.Tensor2D, layer: number, B: number, T: number, rope: { cos: tf.Tensor4D; sin: tf.Tensor4D },
     bias: tf.Tensor4D, cache?: KVCache): tf.Tensor2D {
     const p = `model.layers.${layer}.`, eps = this.config.rmsNormEps;
     const h = tf.add(x, this.attention(rmsNorm(x, this.w(p + 'input_layernorm.weight'), eps) as tf.Tensor2D, layer, B, T, rope, bias, cache)) as tf.Tensor2D;
-    const m = swiglu(rmsNorm(h, this.w(p + 'post_attention_layernorm.weight'), eps) as tf.Tensor2D,
-      this.w(p + 'mlp.gate_proj.weight'), this.w(p + 'mlp.up_proj.weight'), this.w(p + 'mlp.down_proj.weight'));
+    const hn = rmsNorm(h, this.w(p + 'post_attention_layernorm.weight'), eps) as tf.Tensor2D;           // [B·T, hidden]
+    const m = this.proj(p + 'mlp.down_proj', siluGate(this.proj(p + 'mlp.gate_proj', hn), this.proj(p + 'mlp.up_proj', hn)));
     return tf.add(h, m) as tf.Tensor2D;
+  }
+
+  /**
+   * One decoder block as it runs in a forward pass: with a fresh dropout stream seeded for it (when
+   * adapters use dropout), and under gradient checkpointing as one tf.customGrad op that keeps only its
+   * input and recomputes the block in backward.
+   */
+  protected runBlock(x: tf.Tensor2D, layer: number, B: number, T: number, rope: { cos: tf.Tensor4D; sin: tf.Tensor4D },
+    bias: tf.Tensor4D, cache?: KVCache): tf.Tensor2D {
+    const seed = this.training && this.adapters.size > 0 ? this.dropoutRng.nextU32() : null;
+    const run = (h: tf.Tensor2D, r: { cos: tf.Tensor4D; sin: tf.Tensor4D }, b: tf.Tensor4D): tf.Tensor2D => {
+      this.blockRng = seed === null ? null : new Random(seed);
+      try {
+        return this.block(h, layer, B, T, r, b, cache);
+      } finally {
+        this.blockRng = null;
+      }
+    };
+    if (!this.gradientCheckpointing || !this.training || cache) return run(x, rope, bias);
+    const vars = this.blockVariables(layer);
+    const checkpointed = tf.customGrad((...args: (tf.Tensor | tf.GradSaveFunc)[]) => {
+      const save = args[args.length - 1] as tf.GradSaveFunc;
+      const xin = args[0] as tf.Tensor2D;
+      save([xin, rope.cos, rope.sin, bias]);    // rope and bias die with the forward scope: keep copies
+      return {
+        value: run(xin, rope, bias),                                                     // [B·T, hidden]
+        gradFunc: (dy: tf.Tensor, saved: tf.Tensor[]) => {
+          const [xs, cos, sin, b] = saved as [tf.Tensor2D, tf.Tensor4D, tf.Tensor4D, tf.Tensor4D];
+          return gradientsInBackward(() => run(xs, { cos, sin }, b), [xs, ...vars], dy);
+        },
+      };
+    });
+    return checkpointed(x, ...vars) as tf.Tensor2D;
   }
 
   /** Final hidden states after model.norm: [B·T, H]. */
@@ -258,7 +359,7 @@ export class Qwen2ForCausalLM {
     const bias = attentionBias(B, T, past, opts.attentionMask);
     const ids = tf.tensor1d(inputIds.flat(), 'int32');
     let x = tf.gather(this.w('model.embed_tokens.weight'), ids) as tf.Tensor2D;         // [B·T, H]
-    for (let l = 0; l < this.config.numLayers; l++) x = this.block(x, l, B, T, rope, bias, opts.cache);
+    for (let l = 0; l < this.config.numLayers; l++) x = this.runBlock(x, l, B, T, rope, bias, opts.cache);
     if (opts.cache) opts.cache.length = past + T;
     return rmsNorm(x, this.w('model.norm.weight'), this.config.rmsNormEps) as tf.Tensor2D;
   }

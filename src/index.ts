@@ -28,11 +28,37 @@ export {
 export { snapshotDownload, resolveLocalOrHub } from './model/hub';
 export { Tokenizer, IncrementalDecoder, loadDefaultTokenizer, defaultTokenizerDir, type ChatMessage } from './model/tokenizer';
 
-// --- data (swift.llm: get_template)
+// --- data (swift.llm: get_template, load_dataset, EncodePreprocessor)
 export { getTemplate, Template, MaxLengthError, type TemplateName, type Encoded } from './data/template';
+export { loadDataset, parseDatasetSpec, type LoadDatasetOptions, type DatasetSpec, type NamePair } from './data/load';
+export { Dataset, type ChatRow, type Message } from './data/dataset';
+export { EncodePreprocessor, type EncodeOptions, type EncodeFn } from './data/encode';
+export { DATASET_REGISTRY, findRegistered, type DatasetMeta } from './data/registry';
 
-// --- inference
-export { streamChat, type StreamPiece } from './infer/stream';
+// --- inference (swift.llm: PtEngine, InferRequest, RequestConfig; swift deploy / web-ui)
+export { PtEngine, type InferEngine, type PtEngineOptions, type InferOptions, type EngineStats, type TextPiece, type ChatRequest } from './infer/engine';
+export {
+  InferRequest, RequestConfig, InvalidRequestError, ContextLengthError, InferAbortedError, EngineOverloadedError,
+  type RequestConfigInit, type FinishReason, type UsageInfo, type ChatCompletionResponse, type ChatCompletionStreamResponse,
+  type CompletionResponse, type RequestConfigConstructor,
+} from './infer/protocol';
+export { TextStreamer, type StreamedText } from './infer/streamer';
+export { streamChat, type StreamPiece, type StreamOptions } from './infer/stream';
+export { DecodeBatch, generateBatch, sampleToken, type SamplingOptions, type TokenEvent, type BatchRow } from './model/generate';
+export { serve, createHandler, type ServeOptions, type RunningServer } from './serve/server';
+
+// --- train (swift.trainers: Seq2SeqTrainer, Seq2SeqTrainingArguments; swift.tuners: LoRA)
+export { Seq2SeqTrainingArguments, type TrainingArgumentsFields, type SchedulerType, type IntervalStrategy } from './train/arguments';
+export { Seq2SeqTrainer, type Seq2SeqTrainerOptions, type TrainerState, type TrainOutput, type EncodedRow } from './train/trainer';
+export {
+  prepareLora, loadAdapter, saveAdapter, mergeLora, unloadAdapters, loraParameters, readAdapterConfig, isAdapterDir,
+  resolveTargetModules, DEFAULT_LORA_CONFIG, type LoraConfig,
+} from './train/lora';
+export { saveModel, getLastCheckpoint, sortedCheckpoints } from './train/checkpoint';
+export { AdamW, decays } from './train/optimizer';
+export { LRScheduler, lrLambda, warmupSteps } from './train/scheduler';
+export { SummaryWriter, readEvents, readScalarEvents } from './train/tensorboard';
+export { formatTime } from './train/logging';
 
 // --- plots (swift.utils: plot_images)
 export { plotImages, readScalars, readLoggingJsonl } from './plot/plot-images';
@@ -40,4 +66,4 @@ export { tensorboardSmoothing } from './plot/smoothing';
 export { LiveLossChart } from './plot/live';
 
 // --- errors
-export { TsftError, ConfigError, CheckpointError, HubError, TemplateError, DeviceError } from './errors';
+export { TsftError, ConfigError, CheckpointError, HubError, TemplateError, DeviceError, DatasetError } from './errors';

@@ -178,7 +178,7 @@ describe('checkpoints', () => {
 
     const rng = new Random(Number(process.env.TSFT_KILL_SEED ?? Date.now() % 1e9));
     const moments: string[] = [];
-    let kills = 0, unfinished = 0;
+    let kills = 0, unfinished = 0, n = 0, completed = 0;
     while (kills < 10) {
       const last = getLastCheckpoint(outDir);
       const child = spawn(process.execPath, ['bin/tsft.js', 'sft', ...flags, '--output_dir', outDir, ...(last ? ['--resume_from_checkpoint', last] : [])],
@@ -199,15 +199,24 @@ describe('checkpoints', () => {
       }
       await exited;
       if (fs.readdirSync(outDir).some((n) => n.startsWith('.tmp-'))) unfinished++;   // killed mid-save
-      await assertCheckpointsLoad(outDir);
-      if (getLastCheckpoint(outDir) && stateOf(getLastCheckpoint(outDir)!).global_step === 40) break;   // finished early
+      n += await assertCheckpointsLoad(outDir);
+      const lastNow = getLastCheckpoint(outDir);
+      if (lastNow && stateOf(lastNow).global_step === 40) {
+        // the run got through all 40 steps between kills (a fast machine): check it, then start a fresh run
+        assert.deepEqual([...lossesOf(stateOf(lastNow))], [...reference]);
+        fs.rmSync(outDir, { recursive: true, force: true });
+        completed++;
+      }
     }
-    const n = await assertCheckpointsLoad(outDir);
-    await sft([...flags, '--output_dir', outDir, '--resume_from_checkpoint', getLastCheckpoint(outDir)!]);
-    const final = lossesOf(stateOf(getLastCheckpoint(outDir)!));
-    assert.deepEqual([...final], [...reference]);
-    t.diagnostic(`${kills} kills at ${moments.join(', ')} (${unfinished} during a checkpoint write); ${n} checkpoints on disk all loaded; 40 resumed losses identical ` +
-      `to the uninterrupted run (${((Date.now() - t0) / 1000).toFixed(1)} s)`);
-    assert.equal(kills, 10, 'the run finished before 10 kills: raise --max_steps');
+    const last = getLastCheckpoint(outDir);
+    if (last) {
+      n += await assertCheckpointsLoad(outDir);
+      await sft([...flags, '--output_dir', outDir, '--resume_from_checkpoint', last]);
+      assert.deepEqual([...lossesOf(stateOf(getLastCheckpoint(outDir)!))], [...reference]);
+      completed++;
+    }
+    assert.ok(completed >= 1);
+    t.diagnostic(`${kills} kills at ${moments.join(', ')} (${unfinished} during a checkpoint write); ${n} checkpoint loads all succeeded; ` +
+      `${completed} resumed run(s) gave losses identical to the uninterrupted run (${((Date.now() - t0) / 1000).toFixed(1)} s)`);
   });
 });

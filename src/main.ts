@@ -1,8 +1,8 @@
 // The offline default (`npm start`): the most complete pipeline tsft has today, on the tiny default
 // model with no network. Loads `tiny` (created on first use), prints what the seed prints about the
 // model, and streams greedy answers to the seed's three queries through the chat template and the KV
-// cache. Fine-tuning (the seed's training cells) joins this job with the training issue; until then
-// the model is the seeded random init and its answers are noise — said plainly below.
+// cache. Fine-tuning inside this job (the seed's training cells) arrives with the notebook issue; until
+// then the model is the seeded random init and its answers are noise — said plainly below.
 
 import { getModelTokenizer } from './model/loader';
 import { getTemplate, type TemplateName } from './data/template';
@@ -23,7 +23,7 @@ async function main(): Promise<void> {
   logger.info(`model_parameter_info: ${getModelParameterInfo(model)}`);
   const template = getTemplate(model.modelMeta.template as TemplateName, tokenizer, { defaultSystem: 'You are a helpful assistant.' });
   template.setMode('pt');
-  logger.warning('the tiny model is untrained (seeded random weights): its answers below are noise until fine-tuning lands (`tsft sft`)');
+  logger.warning('the tiny model is untrained (seeded random weights): its answers below are noise; fine-tune it with `npx tsft sft --model tiny --dataset tsft/self-cognition ...`');
   for (const query of QUERIES) {
     process.stdout.write(`query: ${query}\nresponse: `);
     let finish = '';

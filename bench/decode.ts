@@ -22,6 +22,7 @@ import { resolveConfig, type QwenConfigJson } from '../src/model/config';
 import { createModel } from '../src/model/loader';
 import { TINY_CONFIG } from '../src/model/tiny';
 import { Random } from '../src/utils/seed';
+import { poolWeights } from './weights';
 
 const SHAPES: Record<string, QwenConfigJson> = {
   tiny: TINY_CONFIG,
@@ -53,7 +54,10 @@ async function main(): Promise<void> {
   for (const shape of shapes) {
     const json = SHAPES[shape];
     if (!json) throw new Error(`unknown shape ${shape}; known: ${Object.keys(SHAPES).join(', ')}`);
-    const model = createModel(resolveConfig(json, shape), 'random');
+    const config = resolveConfig(json, shape);
+    const t0 = performance.now();
+    const model = createModel(config, poolWeights(config));       // random values from one pool: seconds, not minutes
+    console.error(`${shape}: built in ${((performance.now() - t0) / 1000).toFixed(1)} s`);
     const rng = new Random(0);
     for (const B of batches) {
       const batch = new DecodeBatch<number>(model);

@@ -204,8 +204,10 @@ export function renderReadme(files: { file: string; entries: Entry[] }[]): strin
 
 function readResults(dir: string): { file: string; entries: Entry[] }[] {
   if (!fs.existsSync(dir)) return [];
+  // only arrays of entries (other results files here, e.g. a matmul sweep, have their own shape and .md)
   return fs.readdirSync(dir).filter((f) => f.endsWith('.json')).sort()
-    .map((f) => ({ file: f, entries: JSON.parse(fs.readFileSync(path.join(dir, f), 'utf8')) as Entry[] }));
+    .map((f) => ({ file: f, entries: JSON.parse(fs.readFileSync(path.join(dir, f), 'utf8')) as unknown }))
+    .filter((r): r is { file: string; entries: Entry[] } => Array.isArray(r.entries));
 }
 
 function main(argv: string[]): void {

@@ -29,7 +29,8 @@ import '../src/backend/gradients';
 import { describeDevice, initDevice, shutdownDevice } from '../src/backend/device';
 import { flashAttention } from '../src/backend/kernels/flash-attention';
 import { deviceMemory, resetPeakMemory, toGiB } from '../src/backend/memory';
-import { parameterShapes, resolveConfig, type QwenConfig, type QwenConfigJson } from '../src/model/config';
+import { resolveConfig, type QwenConfigJson } from '../src/model/config';
+import { poolWeights } from './weights';
 import { generate } from '../src/model/generate';
 import { createModel } from '../src/model/loader';
 import { attentionBias, gqaAttention, type Qwen2ForCausalLM } from '../src/model/qwen2';
@@ -258,32 +259,6 @@ async function attentionBench(): Promise<void> {
 
 // ---------------------------------------------------------------------------------------------------
 // Training steps and decoding for one model shape.
-
-/** Every parameter the config implies: norms 1, biases 0, matrices uniform with std 0.02 (views of one pool). */
-function poolWeights(config: QwenConfig): Map<string, { shape: number[]; data: Float32Array }> {
-  const shapes = parameterShapes(config);
-  const sizes = [...shapes.values()].map((s) => s.reduce((a, b) => a * b, 1));
-  const spare = 1 << 20;
-  const pool = new Float32Array(Math.max(...sizes) + spare);
-  const a = 0.02 * Math.sqrt(3);
-  let x = 0x9e3779b9;
-  for (let i = 0; i < pool.length; i++) {
-    x ^= x << 13;
-    x ^= x >>> 17;
-    x ^= x << 5;
-    pool[i] = ((x >>> 0) / 2 ** 32 * 2 - 1) * a;
-  }
-  const weights = new Map<string, { shape: number[]; data: Float32Array }>();
-  let i = 0;
-  for (const [name, shape] of shapes) {
-    const n = sizes[i++];
-    const data = name.endsWith('norm.weight') ? new Float32Array(n).fill(1)
-      : name.endsWith('.bias') ? new Float32Array(n)
-      : pool.subarray((i * 7919) % spare, (i * 7919) % spare + n);
-    weights.set(name, { shape, data });
-  }
-  return weights;
-}
 
 async function trainStep(model: Qwen2ForCausalLM, opt: AdamW, seq: number): Promise<number> {
   const params = model.namedParameters();

@@ -49,7 +49,9 @@ export { serve, createHandler, type ServeOptions, type RunningServer } from './s
 
 // --- train (swift.trainers: Seq2SeqTrainer, Seq2SeqTrainingArguments; swift.tuners: LoRA)
 export { Seq2SeqTrainingArguments, type TrainingArgumentsFields, type SchedulerType, type IntervalStrategy } from './train/arguments';
-export { Seq2SeqTrainer, type Seq2SeqTrainerOptions, type TrainerState, type TrainOutput, type EncodedRow } from './train/trainer';
+export {
+  Seq2SeqTrainer, type Seq2SeqTrainerOptions, type TrainerState, type TrainOutput, type EncodedRow, type TrainerCallback, type Logs, type LogValue,
+} from './train/trainer';
 export {
   prepareLora, loadAdapter, saveAdapter, mergeLora, unloadAdapters, loraParameters, readAdapterConfig, isAdapterDir,
   resolveTargetModules, DEFAULT_LORA_CONFIG, type LoraConfig,
@@ -64,6 +66,9 @@ export { formatTime } from './train/logging';
 export { plotImages, readScalars, readLoggingJsonl } from './plot/plot-images';
 export { tensorboardSmoothing } from './plot/smoothing';
 export { LiveLossChart } from './plot/live';
+
+// --- kernels (which implementation runs the LM-head cross-entropy and AdamW on this backend)
+export { kernelPath, setKernelPath, lmHeadCrossEntropy, type KernelPath } from './backend/fused';
 
 // --- errors
 export { TsftError, ConfigError, CheckpointError, HubError, TemplateError, DeviceError, DatasetError } from './errors';

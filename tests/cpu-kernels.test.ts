@@ -24,7 +24,7 @@ import {
   type CpuAdamWParam,
   type CpuCrossEntropyOptions,
 } from '../src/backend/cpu';
-import { KERNELS_C_SHA256 } from '../src/backend/cpu/kernels.wasm';
+import { KERNELS_C_SHA256 } from '../src/backend/cpu/kernels-wasm';
 import { Random } from '../src/utils/seed';
 import { maxRelDiff, startOrSkip } from './helpers';
 
@@ -104,7 +104,7 @@ describe('cpu kernels', () => {
     await shutdownCpuKernels();
   });
 
-  test('kernels.wasm.ts was built from this kernels.c (else: npm run build:wasm)', () => {
+  test('kernels-wasm.ts was built from this kernels.c (else: npm run build:wasm)', () => {
     const sha = createHash('sha256').update(fs.readFileSync(path.join(CPU_DIR, 'kernels.c'))).digest('hex');
     assert.equal(KERNELS_C_SHA256, sha);
   });

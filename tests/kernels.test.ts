@@ -155,6 +155,36 @@ describe('cross-entropy from hidden states', () => {
   });
 });
 
+describe('cross-entropy reference past 2^24 logits', () => {
+  // tfjs-backend-webgpu's Gather (and its gradient) index through f32: one flat gather over [N·V] picks a
+  // neighbouring logit once N·V > 2^24. crossEntropyStock gathers in row blocks; its dW must put the
+  // target's -h/N on the target row (here row 110's target sits at an odd flat index above 2^24).
+  test('crossEntropyStock on webgpu: dW at the target row of the last row (flat index 16,812,961)', async (t) => {
+    if (!(await onGpu(t))) return;
+    const [N, H, V] = [111, 8, 151936];
+    const hv = values(N * H, 21), wv = values(V * H, 22).map((x) => x * 0.1);
+    const tv = Int32Array.from({ length: N }, (_, i) => (i === N - 1 ? 100001 : i));
+    // dW rows 100000..100002 in float64: Σ_n (softmax_n − onehot_n) h_n
+    const want = new Float64Array(3 * H);
+    for (let n = 0; n < N; n++) {
+      const logit = (v: number) => { let z = 0; for (let k = 0; k < H; k++) z += hv[n * H + k] * wv[v * H + k]; return z; };
+      let m = -Infinity, s = 0;
+      for (let v = 0; v < V; v++) m = Math.max(m, logit(v));
+      for (let v = 0; v < V; v++) s += Math.exp(logit(v) - m);
+      for (let r = 0; r < 3; r++) {
+        const g = Math.exp(logit(100000 + r) - m) / s - (tv[n] === 100000 + r ? 1 : 0);
+        for (let k = 0; k < H; k++) want[r * H + k] += g * hv[n * H + k];
+      }
+    }
+    const h = tf.tensor2d(hv, [N, H]), w = tf.tensor2d(wv, [V, H]), tg = tf.tensor1d(tv, 'int32');
+    const [dw] = tf.grads((ww: tf.Tensor) => tf.sum(crossEntropyStock(h, ww as tf.Tensor2D, tg).tokenLoss))([w]);
+    const rows = tf.slice(dw, [100000, 0], [3, H]);
+    const got = await rows.data();
+    tf.dispose([h, w, tg, dw, rows]);
+    assertClose([got], [want], 'dW rows 100000..100002', 1e-4);
+  });
+});
+
 describe('tiled matmul', () => {
   for (const tile of [TILE_64, TILE_128]) {
     for (const [ta, tb] of [[false, false], [true, false], [false, true], [true, true]]) {

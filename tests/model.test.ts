@@ -1,6 +1,7 @@
 // Golden tests: tsft's Qwen2/Qwen3 against checkpoints and numbers written by transformers 5.17
 // (tests/fixtures/make_model_fixtures.py), on every backend: logits 1e-4, loss 1e-5, gradients 1e-4
-// relative, greedy tokens identical.
+// relative, greedy tokens identical. The loss and its gradients are checked on the backend's fused kernels
+// (src/backend/fused.ts) and on plain tfjs ops.
 
 import { after, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
@@ -11,6 +12,7 @@ import { getModelTokenizer } from '../src/model/loader';
 import { readSafetensors } from '../src/model/safetensors';
 import { generate } from '../src/model/generate';
 import { shutdownDevice } from '../src/backend/device';
+import { kernelPath, setKernelPath } from '../src/backend/fused';
 import { maxAbsDiff, maxRelDiff, startOrSkip, testDevices } from './helpers';
 
 // relative to the repo root (npm test runs there; so does the GPU-box bundle of this file)
@@ -55,32 +57,43 @@ for (const device of testDevices()) {
           logits.dispose();
           assert.ok(dl <= 1e-4, `logits differ by ${dl}`);
 
-          let accT: tf.Tensor | null = null;
-          const { value, grads } = tf.variableGrads(() => {
-            const out = model.loss(exp.input_ids, exp.labels, { attentionMask: exp.attention_mask });
-            accT = tf.keep(out.tokenAcc);
-            return out.loss;
-          });
-          const loss = (await value.data())[0];
-          const acc = (await accT!.data())[0];
-          accT!.dispose();
-          assert.ok(Math.abs(loss - exp.loss) <= 1e-5, `loss ${loss} vs ${exp.loss}`);
-          assert.ok(Math.abs(acc - exp.token_acc) <= 1e-6, `token_acc ${acc} vs ${exp.token_acc}`);
-          let checked = 0, worstGrad = 0;
-          for (const [name, v] of model.namedParameters()) {
-            const want = tensors.get(`grad.${name}`);
-            assert.ok(want, `no expected gradient for ${name}`);
-            const d = maxRelDiff(await grads[v.name].data(), want.data);
-            assert.ok(d <= 1e-4, `gradient of ${name} differs by ${d} (relative)`);
-            worstGrad = Math.max(worstGrad, d);
-            checked++;
+          // the loss on the backend's fused kernels (src/backend/fused.ts), then on plain tfjs ops
+          let loss = NaN, worstGrad = 0, checked = 0;
+          const paths: string[] = [];
+          for (const forced of [null, 'ops'] as const) {
+            const prev = setKernelPath(forced);
+            try {
+              paths.push(kernelPath());
+              let accT: tf.Tensor | null = null;
+              const { value, grads } = tf.variableGrads(() => {
+                const out = model.loss(exp.input_ids, exp.labels, { attentionMask: exp.attention_mask });
+                accT = tf.keep(out.tokenAcc);
+                return out.loss;
+              });
+              loss = (await value.data())[0];
+              const acc = (await accT!.data())[0];
+              accT!.dispose();
+              assert.ok(Math.abs(loss - exp.loss) <= 1e-5, `${kernelPath()}: loss ${loss} vs ${exp.loss}`);
+              assert.ok(Math.abs(acc - exp.token_acc) <= 1e-6, `${kernelPath()}: token_acc ${acc} vs ${exp.token_acc}`);
+              checked = 0;
+              for (const [name, v] of model.namedParameters()) {
+                const want = tensors.get(`grad.${name}`);
+                assert.ok(want, `no expected gradient for ${name}`);
+                const d = maxRelDiff(await grads[v.name].data(), want.data);
+                assert.ok(d <= 1e-4, `${kernelPath()}: gradient of ${name} differs by ${d} (relative)`);
+                worstGrad = Math.max(worstGrad, d);
+                checked++;
+              }
+              assert.equal(checked, [...tensors.keys()].filter((k) => k.startsWith('grad.')).length);
+              tf.dispose([value, ...Object.values(grads)]);
+            } finally {
+              setKernelPath(prev);
+            }
           }
-          assert.equal(checked, [...tensors.keys()].filter((k) => k.startsWith('grad.')).length);
-          tf.dispose([value, ...Object.values(grads)]);
 
           const ids = await generate(model, exp.greedy.prompt, { maxNewTokens: 24, temperature: 0 });
           assert.deepEqual(ids, exp.greedy.new_tokens);
-          t.diagnostic(`${device} ${arch}: logits max |Δ| ${dl.toExponential(2)}, loss |Δ| ${Math.abs(loss - exp.loss).toExponential(2)}, ` +
+          t.diagnostic(`${device} ${arch} (loss kernels: ${paths.join(', ')}): logits max |Δ| ${dl.toExponential(2)}, loss |Δ| ${Math.abs(loss - exp.loss).toExponential(2)}, ` +
             `gradients max rel Δ ${worstGrad.toExponential(2)} over ${checked} tensors, greedy 24/24 identical`);
         } finally {
           model.dispose();

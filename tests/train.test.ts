@@ -2,8 +2,9 @@
 // warmup_ratio 0.2, accumulation 2 over two rows of different lengths, clip 1.0, no shuffle) log the
 // loss, grad_norm, learning_rate and token_acc that torch.optim.AdamW + get_cosine_schedule_with_warmup +
 // clip_grad_norm_ give (tests/fixtures/train/reference.json, made on the GPU box by
-// make_train_reference.py) within 1e-4. Plus: gradient checkpointing changes nothing, the arguments'
-// defaults and errors, the schedules' first step, the decay mask, NaN skipping and the log formats.
+// make_train_reference.py) within 1e-4 — on wasm and cpu, each through its fast kernels (src/backend/fused.ts)
+// and through plain tfjs ops. Plus: gradient checkpointing changes nothing, the arguments' defaults and
+// errors, the schedules' first step, the decay mask, NaN skipping, the log formats and the callbacks.
 
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
@@ -19,6 +20,8 @@ import { Seq2SeqTrainingArguments } from '../src/train/arguments';
 import { Seq2SeqTrainer } from '../src/train/trainer';
 import { lrLambda, warmupSteps } from '../src/train/scheduler';
 import { decays } from '../src/train/optimizer';
+import { kernelPath, setKernelPath } from '../src/backend/fused';
+import { LiveLossChart } from '../src/plot/live';
 import { formatTime, pyDict, pyFloat, round } from '../src/train/logging';
 import { prepareLora } from '../src/train/lora';
 import { ConfigError } from '../src/errors';
@@ -27,6 +30,8 @@ import { byteTokenizerFiles } from './fixtures/train/tiny-run';
 import { maxRelDiff } from './helpers';
 
 const DEVICE = (process.env.TSFT_TRAIN_DEVICE ?? 'wasm') as DeviceName;
+/** The reference runs: on each CPU backend, through its fast kernels (src/backend/fused.ts) and through plain tfjs ops. */
+const REFERENCE_DEVICES = (process.env.TSFT_TRAIN_DEVICE ? [process.env.TSFT_TRAIN_DEVICE] : ['wasm', 'cpu']) as DeviceName[];
 const FIXTURES = path.join(process.cwd(), 'tests', 'fixtures');
 const REF = JSON.parse(fs.readFileSync(path.join(FIXTURES, 'train', 'reference.json'), 'utf8'));
 interface RefLog { step: number; loss: number; grad_norm: number; learning_rate: number; token_acc: number }
@@ -41,8 +46,8 @@ before(() => {
 });
 after(async () => { fs.rmSync(tmp, { recursive: true, force: true }); await shutdownDevice(); });
 
-async function load(arch: string) {
-  const { model } = await getModelTokenizer(path.join(FIXTURES, 'models', arch), { loadTokenizer: false, device: DEVICE });
+async function load(arch: string, device: DeviceName = DEVICE) {
+  const { model } = await getModelTokenizer(path.join(FIXTURES, 'models', arch), { loadTokenizer: false, device });
   assert.ok(model);
   return model;
 }
@@ -60,12 +65,14 @@ function readJsonl(file: string): Record<string, number>[] {
   return fs.readFileSync(file, 'utf8').trim().split('\n').map((l) => JSON.parse(l));
 }
 
-describe(`trainer vs PyTorch (${DEVICE})`, () => {
-  for (const arch of ['qwen2', 'qwen3']) {
-    it(`${arch}: 6 steps log torch's loss, grad_norm, learning_rate, token_acc (1e-4)`, async (t) => {
-      const model = await load(arch);
-      const dir = path.join(tmp, `ref-${arch}`);
+describe('trainer vs PyTorch', () => {
+  for (const [device, forced, arch] of REFERENCE_DEVICES.flatMap((d) => ([null, 'ops'] as const).flatMap((k) => ['qwen2', 'qwen3'].map((a) => [d, k, a] as const)))) {
+    it(`${arch} on ${device}${forced ? ' (tfjs ops)' : ''}: 6 steps log torch's loss, grad_norm, learning_rate, token_acc (1e-4)`, async (t) => {
+      const model = await load(arch, device);
+      const dir = path.join(tmp, `ref-${arch}-${device}-${forced ?? 'fast'}`);
+      const prev = setKernelPath(forced);
       try {
+        assert.equal(kernelPath(), forced ?? (device === 'webgpu' ? 'webgpu' : 'cpu'));
         const trainer = new Seq2SeqTrainer({ model, args: referenceArgs(dir), trainDataset: REF.rows, evalDataset: REF.rows, template });
         await trainer.train();
         const logs = readJsonl(path.join(dir, 'logging.jsonl')).filter((l) => 'loss' in l);
@@ -84,8 +91,9 @@ describe(`trainer vs PyTorch (${DEVICE})`, () => {
         const ev = await trainer.evaluate();
         assert.ok(Math.abs((ev.eval_loss as number) - REF[arch].eval_loss) <= 1e-4, `eval_loss ${ev.eval_loss} vs ${REF[arch].eval_loss}`);
         assert.ok(Math.abs((ev.eval_token_acc as number) - REF[arch].eval_token_acc) <= 1e-6);
-        t.diagnostic(`${arch}: max |Δ| over loss and grad_norm of 6 steps ${worst.toExponential(2)}; eval_loss |Δ| ${Math.abs((ev.eval_loss as number) - REF[arch].eval_loss).toExponential(2)}`);
+        t.diagnostic(`${arch} on ${device} (${kernelPath()} kernels): max |Δ| over loss and grad_norm of 6 steps ${worst.toExponential(2)}; eval_loss |Δ| ${Math.abs((ev.eval_loss as number) - REF[arch].eval_loss).toExponential(2)}`);
       } finally {
+        setKernelPath(prev);
         model.dispose();
       }
     });
@@ -183,6 +191,46 @@ describe('logs', () => {
       ['1.67e-06', '0.02', '1.0', '5.96875', '1e-05', '1e+16', '0.0001', 'nan']);
     assert.equal(pyDict({ loss: 1.69011736, 'global_step/max_steps': '1/47', 'memory(GiB)': 60.49 }),
       "{'loss': 1.69011736, 'global_step/max_steps': '1/47', 'memory(GiB)': 60.49}");
+  });
+
+  it('calls the callbacks on every log (the printed dicts), step and at the end; a LiveLossChart plugs in', async () => {
+    const model = await load('qwen3');
+    const dir = path.join(tmp, 'callbacks');
+    try {
+      const events: string[] = [];
+      const logged: Record<string, unknown>[] = [];
+      const svgs: string[] = [];
+      const chart = new LiveLossChart({ svg: (svg) => svgs.push(svg) }, { width: 200, height: 120 });
+      const trainer = new Seq2SeqTrainer({
+        model, args: referenceArgs(dir, { max_steps: 3, logging_steps: 2, eval_strategy: 'steps', eval_steps: 10 }), trainDataset: REF.rows, evalDataset: REF.rows, template,
+        callbacks: [
+          {
+            onLog: async (logs, state) => {
+              await new Promise((r) => setTimeout(r, 5));       // awaited before training goes on
+              events.push(`log@${state.global_step}`);
+              logged.push({ ...logs });
+            },
+            onStepEnd: (state) => { events.push(`step@${state.global_step}`); },
+            onTrainEnd: (state) => { events.push(`end@${state.global_step}`); },
+          },
+          { onLog: (logs) => chart.onLog(logs) },
+        ],
+      });
+      await trainer.train();
+      await chart.flush();
+      // logging_first_step, step 2, the last step's eval, the summary
+      assert.deepEqual(events, ['log@1', 'step@1', 'log@2', 'step@2', 'log@3', 'step@3', 'log@3', 'end@3']);
+      const jsonl = readJsonl(path.join(dir, 'logging.jsonl'));
+      assert.deepEqual(logged.map((l) => l['global_step/max_steps']), jsonl.map((l) => l['global_step/max_steps']));
+      assert.equal(logged[0].loss, jsonl[0].loss);
+      assert.ok('eval_loss' in logged[2] && 'train_runtime' in logged[3]);
+      assert.equal(svgs.length, 2, 'the chart redrew on each training log');
+      assert.match(svgs[1], /<svg/);
+      assert.throws(() => new Seq2SeqTrainer({ model, args: referenceArgs(dir), trainDataset: REF.rows, template, callbacks: [null as never] }),
+        (e: Error) => e instanceof ConfigError && /callbacks\[0\]/.test(e.message));
+    } finally {
+      model.dispose();
+    }
   });
 
   it('writes the keys of ms-swift and skips updates whose gradient norm is NaN', async () => {

@@ -1,4 +1,5 @@
-// Memory accounting for logs (`memory(GiB)`): what tfjs says the active backend holds, and a running peak.
+// Memory accounting for logs (`memory(GiB)`): what tfjs says the active backend holds, plus GPU buffers
+// that tsft's own kernels keep outside tfjs (registered pools), and a running peak.
 // The peak is polled — it rises only when deviceMemory() is called — so call it where memory is highest
 // (after backward) to make it mean something.
 
@@ -12,7 +13,7 @@ export interface DeviceMemory {
   tensorBytes: number;
   /**
    * Bytes the device holds (like torch's "reserved"): webgpu — GPU buffers allocated, including tfjs's
-   * pool of free buffers; wasm — the wasm heap (it never shrinks); cpu and others — tensorBytes.
+   * pool of free buffers and tsft's own registered pools ({@link registerGpuPool}); wasm — the wasm heap (it never shrinks); cpu and others — tensorBytes.
    */
   allocatedBytes: number;
   /** Highest allocatedBytes seen by any call so far (since {@link resetPeakMemory}). */
@@ -21,6 +22,28 @@ export interface DeviceMemory {
 }
 
 let peak = 0;
+
+/** GPU buffers kept outside tfjs (kernel scratch, f16 weight copies): name → bytes held now. */
+const pools = new Map<string, () => number>();
+
+/**
+ * Counts a pool of GPU buffers that tsft allocates itself (not through tfjs) in {@link deviceMemory}'s
+ * webgpu figures. Returns a function that unregisters it.
+ *
+ * @example
+ * const unregister = registerGpuPool('f16-weights', () => f16Bytes);
+ */
+export function registerGpuPool(name: string, bytes: () => number): () => void {
+  pools.set(name, bytes);
+  return () => void pools.delete(name);
+}
+
+/** Bytes held by the registered pools. */
+function poolBytes(): number {
+  let n = 0;
+  for (const f of pools.values()) n += f();
+  return n;
+}
 
 /**
  * Reads the active backend's memory and updates the running peak.
@@ -37,7 +60,7 @@ export function deviceMemory(): DeviceMemory {
   let allocated = numBytes;
   if (backend === 'webgpu') {
     const m = tf.memory() as tf.MemoryInfo & { numBytesAllocatedInGPU?: number };
-    allocated = m.numBytesAllocatedInGPU ?? numBytes;
+    allocated = (m.numBytesAllocatedInGPU ?? numBytes) + poolBytes();
   } else if (backend === 'wasm') {
     const heap = (tf.backend() as unknown as { wasm?: { HEAPU8?: Uint8Array } }).wasm?.HEAPU8;
     allocated = heap ? heap.buffer.byteLength : numBytes;

@@ -5,13 +5,22 @@
 // Training hooks: every projection goes through `proj(name, x)`, where an attached adapter (LoRA,
 // src/train/lora.ts) adds its low-rank term; `gradientCheckpointing` recomputes each decoder block in
 // backward instead of keeping its activations (tf.customGrad).
+// On webgpu the decoder runs tsft's fused WGSL kernels (src/backend/kernels): RMSNorm, RoPE, the SwiGLU
+// gate and flash attention (no [B, H, T, S] scores, no additive bias built on the CPU); elsewhere, and with
+// TSFT_KERNELS=ops, the plain tfjs ops below. Both compute the same numbers (tests/model-fused.test.ts).
 
 import * as tf from '@tensorflow/tfjs-core';
 import { parameterShapes, type QwenConfig } from './config';
 import { CheckpointError } from '../errors';
 import { globalRandom, Random } from '../utils/seed';
 import { KVCache } from './kv-cache';
+import { attentionBias, checkAttentionMask, gqaAttention } from './attention';
 import '../backend/gradients';
+import { kernelPath, lmHeadCrossEntropy } from '../backend/fused';
+import { flashAttention, flashAttentionOnGpu } from '../backend/kernels/flash-attention';
+import { rmsNormFused } from '../backend/kernels/rms-norm';
+import { applyRopeFused } from '../backend/kernels/rope';
+import { siluGateFused } from '../backend/kernels/swiglu';
 
 /** Batch of token ids, one array per row, all rows the same length. */
 export type TokenIds = number[][];
@@ -55,44 +64,10 @@ export function applyRope(x: tf.Tensor4D, cos: tf.Tensor4D, sin: tf.Tensor4D): t
 }
 
 // ---------------------------------------------------------------------------------------------------
-// Attention bias: 0 where a query may look, -1e9 where it may not (causal, padding). A large finite
-// value rather than -inf keeps fully masked rows (left padding) finite in forward and backward.
+// Attention (the bias and the plain-ops GQA attention) lives in attention.ts, which the flash kernel
+// imports too (a module cycle with this file would not load in tslab).
 
-export const MASKED = -1e9;
-
-/**
- * [B, 1, T, S] additive bias for T queries at absolute positions past..past+T-1 over S = past + T keys.
- * `attentionMask` ([B, S], 1 = real token, 0 = padding) follows transformers: it covers the cached keys too.
- */
-export function attentionBias(B: number, T: number, past: number, attentionMask?: TokenIds): tf.Tensor4D {
-  const S = past + T;
-  const bias = new Float32Array(B * T * S);
-  for (let b = 0; b < B; b++) {
-    const m = attentionMask?.[b];
-    if (m && m.length !== S) throw new RangeError(`attentionMask row ${b} has ${m.length} entries, expected ${S} (cached + new tokens)`);
-    for (let t = 0; t < T; t++) {
-      const row = (b * T + t) * S;
-      for (let s = 0; s < S; s++) if (s > past + t || (m && m[s] === 0)) bias[row + s] = MASKED;
-    }
-  }
-  return tf.tensor4d(bias, [B, 1, T, S]);
-}
-
-/**
- * Causal GQA attention. q: [B, H, T, D]; k, v: [B, KV, S, D]; bias: [B, 1, T, S].
- * Query heads are grouped per KV head (head h reads KV head h / (H/KV), as transformers' repeat_kv)
- * by folding the group into the query axis, so K and V are never repeated in memory.
- */
-export function gqaAttention(q: tf.Tensor4D, k: tf.Tensor4D, v: tf.Tensor4D, bias: tf.Tensor4D): tf.Tensor4D {
-  const [B, H, T, D] = q.shape;
-  const [, KV, S] = k.shape;
-  const g = H / KV;
-  const qg = tf.reshape(q, [B, KV, g * T, D]);                                       // [B, KV, g·T, D]
-  const scores = tf.mul(tf.matMul(qg, k, false, true), 1 / Math.sqrt(D));           // [B, KV, g·T, S]
-  const probs = tf.softmax(tf.add(tf.reshape(scores, [B, H, T, S]), bias));         // [B, H, T, S]
-  const out = tf.matMul(tf.reshape(probs, [B, KV, g * T, S]), v);                    // [B, KV, g·T, D]
-  return tf.reshape(out, [B, H, T, D]);
-}
+export { MASKED, attentionBias, gqaAttention } from './attention';
 
 // ---------------------------------------------------------------------------------------------------
 // Linear layers: x [N, in] · Wᵀ [in, out] (+ b). Weights are stored [out, in] as in PyTorch.
@@ -181,6 +156,21 @@ export interface ModelInfo {
 export interface ModelMeta {
   modelType: string;
   template: string;
+}
+
+/**
+ * What attention masks with: the additive bias [B, 1, T, S] (tfjs ops), or the padding mask [B, S] (int32,
+ * absent = no padding) and the cache offset (the flash kernels, which apply causality themselves).
+ */
+interface Masking {
+  bias?: tf.Tensor4D;
+  mask?: tf.Tensor2D;
+  past: number;
+}
+
+/** True when the decoder runs the fused WGSL kernels: on webgpu, unless TSFT_KERNELS=ops / setKernelPath('ops'). */
+export function decoderUsesFusedKernels(): boolean {
+  return kernelPath() === 'webgpu';
 }
 
 let modelCounter = 0;
@@ -283,33 +273,46 @@ export class Qwen2ForCausalLM {
     return this.train(false);
   }
 
+  /** RMSNorm over the last axis with this model's eps: the fused kernel on webgpu, tfjs ops elsewhere. */
+  protected norm(x: tf.Tensor, weight: tf.Tensor): tf.Tensor {
+    const eps = this.config.rmsNormEps;
+    return decoderUsesFusedKernels() ? rmsNormFused(x, weight, eps) : rmsNorm(x, weight, eps);
+  }
+
+  /** RoPE of x [B, heads, T, D]. */
+  protected rope(x: tf.Tensor4D, rope: { cos: tf.Tensor4D; sin: tf.Tensor4D }): tf.Tensor4D {
+    return decoderUsesFusedKernels() ? applyRopeFused(x, rope.cos, rope.sin) : applyRope(x, rope.cos, rope.sin);
+  }
+
   /** Hook between projection and RoPE; q, k: [B, T, heads, D]. Qwen3 normalises here. */
   protected normalizeQK(q: tf.Tensor4D, k: tf.Tensor4D, _layer: number): [tf.Tensor4D, tf.Tensor4D] {
     return [q, k];
   }
 
   protected attention(x: tf.Tensor2D, layer: number, B: number, T: number, rope: { cos: tf.Tensor4D; sin: tf.Tensor4D },
-    bias: tf.Tensor4D, cache?: KVCache): tf.Tensor2D {
+    masking: Masking, cache?: KVCache): tf.Tensor2D {
     const c = this.config, p = `model.layers.${layer}.self_attn.`;
     let q = tf.reshape(this.proj(p + 'q_proj', x), [B, T, c.numHeads, c.headDim]) as tf.Tensor4D;   // [B, T, H, D]
     let k = tf.reshape(this.proj(p + 'k_proj', x), [B, T, c.numKvHeads, c.headDim]) as tf.Tensor4D; // [B, T, KV, D]
     const v0 = tf.reshape(this.proj(p + 'v_proj', x), [B, T, c.numKvHeads, c.headDim]);             // [B, T, KV, D]
     [q, k] = this.normalizeQK(q, k, layer);
-    const qh = applyRope(tf.transpose(q, [0, 2, 1, 3]), rope.cos, rope.sin);           // [B, H, T, D]
-    let kh = applyRope(tf.transpose(k, [0, 2, 1, 3]), rope.cos, rope.sin);             // [B, KV, T, D]
+    const qh = this.rope(tf.transpose(q, [0, 2, 1, 3]), rope);                         // [B, H, T, D]
+    let kh = this.rope(tf.transpose(k, [0, 2, 1, 3]), rope);                           // [B, KV, T, D]
     let vh = tf.transpose(v0, [0, 2, 1, 3]) as tf.Tensor4D;                             // [B, KV, T, D]
     if (cache) [kh, vh] = cache.append(layer, kh, vh);                                  // [B, KV, S, D]
-    const o = gqaAttention(qh, kh, vh, bias);                                           // [B, H, T, D]
+    const o = masking.bias ? gqaAttention(qh, kh, vh, masking.bias)                     // [B, H, T, D]
+      : flashAttention(qh, kh, vh, { attentionMask: masking.mask, past: masking.past });
     const o2 = tf.reshape(tf.transpose(o, [0, 2, 1, 3]), [B * T, c.numHeads * c.headDim]) as tf.Tensor2D;
     return this.proj(p + 'o_proj', o2);                                                 // [B·T, hidden]
   }
 
   protected block(x: tf.Tensor2D, layer: number, B: number, T: number, rope: { cos: tf.Tensor4D; sin: tf.Tensor4D },
-    bias: tf.Tensor4D, cache?: KVCache): tf.Tensor2D {
-    const p = `model.layers.${layer}.`, eps = this.config.rmsNormEps;
-    const h = tf.add(x, this.attention(rmsNorm(x, this.w(p + 'input_layernorm.weight'), eps) as tf.Tensor2D, layer, B, T, rope, bias, cache)) as tf.Tensor2D;
-    const hn = rmsNorm(h, this.w(p + 'post_attention_layernorm.weight'), eps) as tf.Tensor2D;           // [B·T, hidden]
-    const m = this.proj(p + 'mlp.down_proj', siluGate(this.proj(p + 'mlp.gate_proj', hn), this.proj(p + 'mlp.up_proj', hn)));
+    masking: Masking, cache?: KVCache): tf.Tensor2D {
+    const p = `model.layers.${layer}.`;
+    const h = tf.add(x, this.attention(this.norm(x, this.w(p + 'input_layernorm.weight')) as tf.Tensor2D, layer, B, T, rope, masking, cache)) as tf.Tensor2D;
+    const hn = this.norm(h, this.w(p + 'post_attention_layernorm.weight')) as tf.Tensor2D;              // [B·T, hidden]
+    const gate = this.proj(p + 'mlp.gate_proj', hn), up = this.proj(p + 'mlp.up_proj', hn);              // [B·T, mlp]
+    const m = this.proj(p + 'mlp.down_proj', decoderUsesFusedKernels() ? siluGateFused(gate, up) : siluGate(gate, up));
     return tf.add(h, m) as tf.Tensor2D;
   }
 
@@ -319,27 +322,29 @@ export class Qwen2ForCausalLM {
    * input and recomputes the block in backward.
    */
   protected runBlock(x: tf.Tensor2D, layer: number, B: number, T: number, rope: { cos: tf.Tensor4D; sin: tf.Tensor4D },
-    bias: tf.Tensor4D, cache?: KVCache): tf.Tensor2D {
+    masking: Masking, cache?: KVCache): tf.Tensor2D {
     const seed = this.training && this.adapters.size > 0 ? this.dropoutRng.nextU32() : null;
-    const run = (h: tf.Tensor2D, r: { cos: tf.Tensor4D; sin: tf.Tensor4D }, b: tf.Tensor4D): tf.Tensor2D => {
+    const run = (h: tf.Tensor2D, r: { cos: tf.Tensor4D; sin: tf.Tensor4D }, m: Masking): tf.Tensor2D => {
       this.blockRng = seed === null ? null : new Random(seed);
       try {
-        return this.block(h, layer, B, T, r, b, cache);
+        return this.block(h, layer, B, T, r, m, cache);
       } finally {
         this.blockRng = null;
       }
     };
-    if (!this.gradientCheckpointing || !this.training || cache) return run(x, rope, bias);
+    if (!this.gradientCheckpointing || !this.training || cache) return run(x, rope, masking);
     const vars = this.blockVariables(layer);
     const checkpointed = tf.customGrad((...args: (tf.Tensor | tf.GradSaveFunc)[]) => {
       const save = args[args.length - 1] as tf.GradSaveFunc;
       const xin = args[0] as tf.Tensor2D;
-      save([xin, rope.cos, rope.sin, bias]);    // rope and bias die with the forward scope: keep copies
+      const maskTensor = masking.bias ?? masking.mask;
+      save([xin, rope.cos, rope.sin, ...(maskTensor ? [maskTensor] : [])]);    // they die with the forward scope: keep copies
       return {
-        value: run(xin, rope, bias),                                                     // [B·T, hidden]
+        value: run(xin, rope, masking),                                                  // [B·T, hidden]
         gradFunc: (dy: tf.Tensor, saved: tf.Tensor[]) => {
-          const [xs, cos, sin, b] = saved as [tf.Tensor2D, tf.Tensor4D, tf.Tensor4D, tf.Tensor4D];
-          return gradientsInBackward(() => run(xs, { cos, sin }, b), [xs, ...vars], dy);
+          const [xs, cos, sin, m] = saved as [tf.Tensor2D, tf.Tensor4D, tf.Tensor4D, tf.Tensor | undefined];
+          const again: Masking = masking.bias ? { bias: m as tf.Tensor4D, past: masking.past } : { mask: m as tf.Tensor2D | undefined, past: masking.past };
+          return gradientsInBackward(() => run(xs, { cos, sin }, again), [xs, ...vars], dy);
         },
       };
     });
@@ -356,12 +361,19 @@ export class Qwen2ForCausalLM {
     const past = opts.cache?.length ?? 0;
     const positions = opts.positionIds ?? inputIds.map(() => Array.from({ length: T }, (_, t) => past + t));
     const rope = ropeCosSin(positions, this.config.headDim, this.config.ropeTheta);
-    const bias = attentionBias(B, T, past, opts.attentionMask);
+    // flash kernels: the padding mask as it is (causality is theirs); tfjs ops: the additive bias
+    let masking: Masking;
+    if (decoderUsesFusedKernels() && flashAttentionOnGpu(this.config.headDim)) {
+      checkAttentionMask(B, past + T, opts.attentionMask);
+      masking = { mask: opts.attentionMask && tf.tensor2d(opts.attentionMask, [B, past + T], 'int32'), past };  // [B, S]
+    } else {
+      masking = { bias: attentionBias(B, T, past, opts.attentionMask), past };          // [B, 1, T, S]
+    }
     const ids = tf.tensor1d(inputIds.flat(), 'int32');
     let x = tf.gather(this.w('model.embed_tokens.weight'), ids) as tf.Tensor2D;         // [B·T, H]
-    for (let l = 0; l < this.config.numLayers; l++) x = this.runBlock(x, l, B, T, rope, bias, opts.cache);
+    for (let l = 0; l < this.config.numLayers; l++) x = this.runBlock(x, l, B, T, rope, masking, opts.cache);
     if (opts.cache) opts.cache.length = past + T;
-    return rmsNorm(x, this.w('model.norm.weight'), this.config.rmsNormEps) as tf.Tensor2D;
+    return this.norm(x, this.w('model.norm.weight')) as tf.Tensor2D;
   }
 
   /**
@@ -381,8 +393,9 @@ export class Qwen2ForCausalLM {
 
   /**
    * Causal-LM loss with shifted labels (-100 ignored), computing logits only at labelled positions:
-   * hidden states of the labelled rows are gathered first, so the [N, V] logits cover N labelled
-   * tokens, and the label logit is gathered from them (no one-hot over the vocabulary).
+   * hidden states of the labelled rows are gathered first, then the LM head's cross-entropy runs as the
+   * backend's fused kernel (src/backend/fused.ts: the [N, V] logits are never kept on wasm, cpu and
+   * webgpu; TSFT_KERNELS=ops computes them with plain tfjs ops and gathers the label logit, no one-hot).
    * @example
    *   const grads = tf.variableGrads(() => model.loss(ids, labels).loss);
    */
@@ -405,14 +418,9 @@ export class Qwen2ForCausalLM {
       return { loss: tf.mul(tf.sum(h), 0) as tf.Scalar, tokenAcc: tf.scalar(0), numTokens: 0 };
     }
     const N = rows.length;
-    const logits = tf.matMul(tf.gather(h, rows), this.lmHead(), false, true);           // [N, V]
-    const lse = tf.logSumExp(logits, -1);                                                // [N]
-    const flat = tf.tensor1d(targets.map((y, i) => i * V + y), 'int32');
-    const picked = tf.gather(tf.reshape(logits, [N * V]), flat);                         // [N]
-    const tokenLoss = tf.sub(lse, picked);
-    const loss = (opts.reduction === 'sum' ? tf.sum(tokenLoss) : tf.mean(tokenLoss)) as tf.Scalar;
-    const tokenAcc = tf.mean(tf.cast(tf.equal(tf.argMax(logits, -1), tf.tensor1d(targets, 'int32')), 'float32')) as tf.Scalar;
-    return { loss, tokenAcc, numTokens: N };
+    // the backend's fused kernel (src/backend/fused.ts): wasm-SIMD on wasm/cpu, WGSL on webgpu, else tfjs ops
+    const { loss, correct } = lmHeadCrossEntropy(tf.gather(h, rows), this.lmHead(), targets, opts.reduction ?? 'mean'); // h rows: [N, H]
+    return { loss, tokenAcc: tf.div(correct, N) as tf.Scalar, numTokens: N };
   }
 
   /** Free every parameter's memory. */

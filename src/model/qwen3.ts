@@ -4,14 +4,14 @@
 // The bias and head_dim differences live in the config (resolveConfig); the norm is the override below.
 
 import * as tf from '@tensorflow/tfjs-core';
-import { Qwen2ForCausalLM, rmsNorm } from './qwen2';
+import { Qwen2ForCausalLM } from './qwen2';
 
 export class Qwen3ForCausalLM extends Qwen2ForCausalLM {
   protected override normalizeQK(q: tf.Tensor4D, k: tf.Tensor4D, layer: number): [tf.Tensor4D, tf.Tensor4D] {
-    const p = `model.layers.${layer}.self_attn.`, eps = this.config.rmsNormEps;
+    const p = `model.layers.${layer}.self_attn.`;
     return [
-      rmsNorm(q, this.w(p + 'q_norm.weight'), eps) as tf.Tensor4D,                       // [B, T, H, D]
-      rmsNorm(k, this.w(p + 'k_norm.weight'), eps) as tf.Tensor4D,                       // [B, T, KV, D]
+      this.norm(q, this.w(p + 'q_norm.weight')) as tf.Tensor4D,                          // [B, T, H, D]
+      this.norm(k, this.w(p + 'k_norm.weight')) as tf.Tensor4D,                          // [B, T, KV, D]
     ];
   }
 }

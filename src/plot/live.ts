@@ -9,6 +9,13 @@ export interface SvgDisplay {
   svg(svg: string): void;
 }
 
+/**
+ * @example
+ *   const chart = new LiveLossChart(tslab.newDisplay());
+ *   const trainer = new Seq2SeqTrainer({ model, args, trainDataset, template, callbacks: [{ onLog: (logs) => chart.onLog(logs) }] });
+ *   await trainer.train();
+ *   await chart.flush();
+ */
 export class LiveLossChart {
   private readonly points: ScalarPoint[] = [];
   private drawing: Promise<void> = Promise.resolve();

@@ -1,7 +1,12 @@
 // AdamW exactly as torch.optim.AdamW (decoupled weight decay, bias-corrected moments), with transformers'
 // parameter groups: no decay on biases and norm weights. Gradient clipping as torch's clip_grad_norm_.
+// `clipAndStep` runs on the backend's kernel path (src/backend/fused.ts): the wasm-SIMD CpuAdamW on wasm
+// and cpu (moments in the kernels' memory), the fused WGSL norm + update on webgpu, else tfjs ops.
 
 import * as tf from '@tensorflow/tfjs-core';
+import { kernelPath, type KernelPath } from '../backend/fused';
+import { CpuAdamW } from '../backend/cpu/index';
+import { adamwStepFused, globalGradNorm, type AdamWSlot } from '../backend/kernels/adamw';
 
 export interface AdamWOptions {
   beta1: number;
@@ -51,22 +56,77 @@ export function clipGradients(grads: Map<string, tf.Tensor>, norm: number, maxNo
   }
 }
 
-/** torch.optim.AdamW over named variables. */
+/**
+ * torch.optim.AdamW over named variables. The kernel path is fixed when it is made (the backend then).
+ * @example
+ *   const opt = new AdamW(model.namedParameters(), { beta1: 0.9, beta2: 0.95, eps: 1e-8, weightDecay: 0.1 });
+ *   const gradNorm = await opt.clipAndStep(grads, lr, 1.0);   // the norm before clipping; NaN/Inf: no update
+ */
 export class AdamW {
   /** optimizer steps taken (torch's per-parameter state['step'], the same for all here) */
   stepCount = 0;
+  /** where the update runs: 'cpu' (CpuAdamW), 'webgpu' (fused WGSL) or 'ops' (tfjs ops) */
+  readonly path: KernelPath;
+  /** the moments as tf.Variables (the 'webgpu' and 'ops' paths; empty on 'cpu', where CpuAdamW keeps them) */
   readonly expAvg = new Map<string, tf.Variable>();
   readonly expAvgSq = new Map<string, tf.Variable>();
+  private readonly cpu: CpuAdamW | null = null;
 
-  constructor(readonly params: Map<string, tf.Variable>, readonly opts: AdamWOptions) {
+  constructor(readonly params: Map<string, tf.Variable>, readonly opts: AdamWOptions, path: KernelPath = kernelPath()) {
+    this.path = path;
+    if (path === 'cpu') {
+      this.cpu = new CpuAdamW({ beta1: opts.beta1, beta2: opts.beta2, eps: opts.eps, weightDecay: opts.weightDecay });
+      return;
+    }
     for (const [name, p] of params) {
       this.expAvg.set(name, tf.variable(tf.zerosLike(p), false));
       this.expAvgSq.set(name, tf.variable(tf.zerosLike(p), false));
     }
   }
 
-  /** One update with learning rate `lr` from gradients keyed by parameter name. */
+  /**
+   * Clip the gradients to `maxGradNorm` (0: no clipping) as clip_grad_norm_, then one update with
+   * learning rate `lr`. Returns the global norm before clipping; a NaN/Inf norm skips the update (the
+   * step count does not advance). Clipping may replace entries of `grads` (disposing the old tensors):
+   * what the map holds afterwards is the caller's to dispose.
+   */
+  async clipAndStep(grads: Map<string, tf.Tensor>, lr: number, maxGradNorm: number): Promise<number> {
+    const clip = maxGradNorm > 0 ? maxGradNorm : undefined;
+    if (this.cpu) return this.cpuStep(grads, lr, true, clip);
+    if (this.path === 'webgpu') {
+      const slots: AdamWSlot[] = [];
+      for (const [name, param] of this.params) {
+        const grad = grads.get(name);
+        if (grad) slots.push({ param, grad, expAvg: this.expAvg.get(name)!, expAvgSq: this.expAvgSq.get(name)!, decay: decays(name) });
+      }
+      const { norm, clipCoef } = globalGradNorm(slots.map((s) => s.grad), clip);
+      try {
+        const n = (await norm.data())[0];
+        if (!Number.isFinite(n)) return n;
+        this.stepCount++;
+        const { beta1, beta2, eps, weightDecay } = this.opts;
+        adamwStepFused(slots, { lr, beta1, beta2, eps, weightDecay, step: this.stepCount }, clipCoef);
+        return n;
+      } finally {
+        tf.dispose([norm, clipCoef]);
+      }
+    }
+    const norm = await globalNorm(grads.values());
+    if (!Number.isFinite(norm)) return norm;
+    if (clip !== undefined) clipGradients(grads, norm, clip);
+    this.step(grads, lr);
+    return norm;
+  }
+
+  /**
+   * One update with learning rate `lr` from gradients keyed by parameter name, no clipping: CpuAdamW on
+   * the 'cpu' path (a parameter without a gradient gets zeros), tfjs ops otherwise (it is skipped).
+   */
   step(grads: Map<string, tf.Tensor>, lr: number): void {
+    if (this.cpu) {
+      this.cpuStep(grads, lr, false);
+      return;
+    }
     const { beta1, beta2, eps, weightDecay } = this.opts;
     this.stepCount++;
     const bc1 = 1 - beta1 ** this.stepCount;
@@ -87,12 +147,44 @@ export class AdamW {
     }
   }
 
+  /**
+   * CpuAdamW over every parameter, in order, each time (it keys its moments by position; a missing gradient
+   * is zeros). With `checkNorm`, the global norm first (returned; NaN/Inf skips the update), then clipped
+   * to `clip` when given. Without, returns NaN.
+   */
+  private cpuStep(grads: Map<string, tf.Tensor>, lr: number, checkNorm: boolean, clip?: number): number {
+    const zeros: tf.Tensor[] = [];
+    const entries = [...this.params].map(([name, variable]) => {
+      let grad = grads.get(name);
+      if (!grad) zeros.push((grad = tf.zerosLike(variable)));
+      return { variable, grad, decay: decays(name) };
+    });
+    try {
+      const norm = checkNorm ? this.cpu!.globalNorm(entries.map((e) => e.grad)) : NaN;
+      if (checkNorm && !Number.isFinite(norm)) return norm;
+      this.cpu!.stepVariables(entries, { lr, maxGradNorm: clip });
+      this.stepCount = this.cpu!.stepCount;
+      return norm;
+    } finally {
+      tf.dispose(zeros);
+    }
+  }
+
   /** Moments by parameter name (for checkpoints). */
   async stateTensors(): Promise<Map<string, { shape: number[]; data: Float32Array }>> {
     const out = new Map<string, { shape: number[]; data: Float32Array }>();
-    for (const name of this.params.keys()) {
-      out.set(`${name}.exp_avg`, { shape: this.expAvg.get(name)!.shape, data: (await this.expAvg.get(name)!.data()) as Float32Array });
-      out.set(`${name}.exp_avg_sq`, { shape: this.expAvgSq.get(name)!.shape, data: (await this.expAvgSq.get(name)!.data()) as Float32Array });
+    let i = 0;
+    for (const [name, p] of this.params) {
+      if (this.cpu) {
+        // before the first step CpuAdamW has no moments yet: they are zeros
+        const s = this.cpu.stepCount > 0 ? this.cpu.state(i) : { expAvg: new Float32Array(p.size), expAvgSq: new Float32Array(p.size) };
+        out.set(`${name}.exp_avg`, { shape: p.shape, data: s.expAvg.slice() });
+        out.set(`${name}.exp_avg_sq`, { shape: p.shape, data: s.expAvgSq.slice() });
+      } else {
+        out.set(`${name}.exp_avg`, { shape: this.expAvg.get(name)!.shape, data: (await this.expAvg.get(name)!.data()) as Float32Array });
+        out.set(`${name}.exp_avg_sq`, { shape: this.expAvgSq.get(name)!.shape, data: (await this.expAvgSq.get(name)!.data()) as Float32Array });
+      }
+      i++;
     }
     return out;
   }
@@ -100,22 +192,36 @@ export class AdamW {
   /** Restore moments and the step count; returns the names the state lacks (a mismatch the caller reports). */
   loadState(tensors: Map<string, { shape: number[]; data: Float32Array }>, stepCount: number): string[] {
     const missing: string[] = [];
-    for (const name of this.params.keys()) {
+    for (const [name, p] of this.params) {
       const m = tensors.get(`${name}.exp_avg`), v = tensors.get(`${name}.exp_avg_sq`);
-      if (!m || !v || m.shape.join() !== this.params.get(name)!.shape.join()) {
-        missing.push(name);
-        continue;
-      }
-      tf.tidy(() => {
-        this.expAvg.get(name)!.assign(tf.tensor(m.data, m.shape));
-        this.expAvgSq.get(name)!.assign(tf.tensor(v.data, v.shape));
+      if (!m || !v || m.shape.join() !== p.shape.join() || v.shape.join() !== p.shape.join()) missing.push(name);
+    }
+    if (missing.length) return missing;
+    if (this.cpu) {
+      // CpuAdamW makes its moments on its first step: one step with lr 0 on zero gradients of scratch
+      // arrays creates them (all zeros, nothing else touched), then the saved values go in
+      if (this.cpu.stepCount === 0) this.cpu.step([...this.params.values()].map((p) => ({ data: new Float32Array(p.size), grad: new Float32Array(p.size), decay: false })), { lr: 0 });
+      [...this.params.keys()].forEach((name, i) => {
+        const s = this.cpu!.state(i);
+        s.expAvg.set(tensors.get(`${name}.exp_avg`)!.data);
+        s.expAvgSq.set(tensors.get(`${name}.exp_avg_sq`)!.data);
       });
+      this.cpu.stepCount = stepCount;
+    } else {
+      for (const name of this.params.keys()) {
+        const m = tensors.get(`${name}.exp_avg`)!, v = tensors.get(`${name}.exp_avg_sq`)!;
+        tf.tidy(() => {
+          this.expAvg.get(name)!.assign(tf.tensor(m.data, m.shape));
+          this.expAvgSq.get(name)!.assign(tf.tensor(v.data, v.shape));
+        });
+      }
     }
     this.stepCount = stepCount;
     return missing;
   }
 
   dispose(): void {
+    this.cpu?.dispose();
     for (const t of [...this.expAvg.values(), ...this.expAvgSq.values()]) t.dispose();
   }
 }

@@ -18,7 +18,7 @@ import { CheckpointError, ConfigError } from '../errors';
 import { getLogger } from '../utils/logger';
 import { Random } from '../utils/seed';
 import { Seq2SeqTrainingArguments, resolveSteps } from './arguments';
-import { AdamW, clipGradients, globalNorm } from './optimizer';
+import { AdamW } from './optimizer';
 import { LRScheduler, warmupSteps, type SchedulerState } from './scheduler';
 import { SummaryWriter } from './tensorboard';
 import { ProgressBar, appendJsonl, formatTime, pyDict, round } from './logging';
@@ -79,6 +79,24 @@ export interface Seq2SeqTrainerOptions {
   dataCollator?: (rows: EncodedRow[]) => Batch;
   /** extra JSON files written into every checkpoint (the CLI's args.json) */
   checkpointFiles?: Record<string, unknown>;
+  /** called on every log, step and at the end of training (transformers' TrainerCallback), in order */
+  callbacks?: TrainerCallback[];
+}
+
+/**
+ * Hooks into the training loop (transformers' TrainerCallback, camelCase). Each may return a promise,
+ * which the trainer awaits before going on.
+ * @example
+ *   const chart = new LiveLossChart(tslab.newDisplay());
+ *   new Seq2SeqTrainer({ ..., callbacks: [{ onLog: (logs) => chart.onLog(logs) }] });
+ */
+export interface TrainerCallback {
+  /** every log: training logs (loss, grad_norm, …), evaluation logs (eval_loss, …) and the final summary, as printed */
+  onLog?(logs: Logs, state: TrainerState): void | Promise<void>;
+  /** after every optimization step (after logging, evaluation and saving) */
+  onStepEnd?(state: TrainerState): void | Promise<void>;
+  /** once, after the final summary log */
+  onTrainEnd?(state: TrainerState): void | Promise<void>;
 }
 
 /** The run's shape, from the dataset size and the arguments (transformers' rules). */
@@ -116,6 +134,7 @@ export class Seq2SeqTrainer {
   readonly dataCollator: (rows: EncodedRow[]) => Batch;
   state: TrainerState;
   private readonly checkpointFiles: Record<string, unknown>;
+  private readonly callbacks: TrainerCallback[];
   private progress: ProgressBar | null = null;
   private tb: SummaryWriter | null = null;
   private startTime = 0;
@@ -139,6 +158,10 @@ export class Seq2SeqTrainer {
     this.template = template;
     this.dataCollator = opts.dataCollator ?? ((rows) => template.dataCollator(rows));
     this.checkpointFiles = opts.checkpointFiles ?? {};
+    this.callbacks = opts.callbacks ?? [];
+    for (const [i, cb] of this.callbacks.entries()) {
+      if (!cb || typeof cb !== 'object') throw new ConfigError(`Seq2SeqTrainer: callbacks[${i}] must be an object with onLog / onStepEnd / onTrainEnd methods`);
+    }
     if (!this.evalDataset && args.eval_strategy !== 'no') {
       getLogger().info(`no evaluation dataset: eval_strategy '${args.eval_strategy}' → 'no'`);
       args.eval_strategy = 'no';
@@ -275,13 +298,10 @@ export class Seq2SeqTrainer {
           counted += nTokens;
           this.state.num_input_tokens_seen += micro.reduce((a, b) => a + b.attention_mask.flat().reduce((x, y) => x + y, 0), 0);
 
-          // Clip and step: grad_norm is the norm before clipping; a NaN/Inf norm skips the update.
-          const gradNorm = await globalNorm(grads.values());
+          // Clip and step (the backend's fused kernels): grad_norm is the norm before clipping; a NaN/Inf norm skips the update.
           deviceMemory();
-          if (Number.isFinite(gradNorm)) {
-            if (args.max_grad_norm > 0) clipGradients(grads, gradNorm, args.max_grad_norm);
-            optimizer.step(grads, scheduler.lr);
-          } else {
+          const gradNorm = await optimizer.clipAndStep(grads, scheduler.lr, args.max_grad_norm);
+          if (!Number.isFinite(gradNorm)) {
             logger.warning(`step ${this.state.global_step + 1}: gradient norm is ${gradNorm}; skipping this update (the learning-rate schedule still advances)`);
           }
           tf.dispose([...grads.values()]);
@@ -298,7 +318,7 @@ export class Seq2SeqTrainer {
           // Log, evaluate, save (transformers' order), the last step always evaluating and saving.
           const step = this.state.global_step, last = step === plan.maxSteps;
           if ((step === 1 && args.logging_first_step) || step % plan.logEvery === 0) {
-            this.log({
+            await this.log({
               loss: trLoss / (step - lastLogged), grad_norm: lastGradNorm, learning_rate: scheduler.lr,
               token_acc: counted ? correct / counted : 0,
             });
@@ -311,6 +331,7 @@ export class Seq2SeqTrainer {
           if (args.save_strategy !== 'no' && (last || (args.save_strategy === 'steps' ? step % plan.saveEvery === 0 : epochEnd))) {
             await this.saveCheckpoint(optimizer, scheduler, rng);
           }
+          for (const cb of this.callbacks) await cb.onStepEnd?.(this.state);
         }
       }
     } finally {
@@ -329,9 +350,10 @@ export class Seq2SeqTrainer {
       train_runtime: round(runtime, 4), train_samples_per_second: round(samples / runtime, 3),
       train_steps_per_second: round(plan.maxSteps / runtime, 3), total_flos: 0, train_loss: trainingLoss,
     };
-    this.log(metrics);
+    await this.log(metrics);
     this.tb?.close();
     this.tb = null;
+    for (const cb of this.callbacks) await cb.onTrainEnd?.(this.state);
     return { global_step: this.state.global_step, training_loss: trainingLoss, metrics };
   }
 
@@ -373,12 +395,12 @@ export class Seq2SeqTrainer {
       eval_samples_per_second: round(ds.length / sec, 3), eval_steps_per_second: round(batches / sec, 3),
       eval_token_acc: tokens ? correct / tokens : 0,
     };
-    this.log({ ...metrics });
+    await this.log({ ...metrics });
     return metrics;
   }
 
-  /** One log: trainer_state's log_history, TensorBoard (train/… and eval/…), logging.jsonl and stdout. */
-  private log(logs: Logs): void {
+  /** One log: trainer_state's log_history, TensorBoard (train/… and eval/…), logging.jsonl, stdout, then the callbacks. */
+  private async log(logs: Logs): Promise<void> {
     const s = this.state;
     logs.epoch = round(s.epoch, 2);
     s.log_history.push({ ...logs, step: s.global_step });
@@ -402,6 +424,7 @@ export class Seq2SeqTrainer {
     const text = pyDict(logs);
     if (this.progress) this.progress.write(text);
     else process.stdout.write(text + '\n');
+    for (const cb of this.callbacks) await cb.onLog?.(logs, s);
   }
 
   /** transformers' _determine_best_metric: after each evaluation, remember the best value and its step. */

@@ -2,7 +2,7 @@
 // on one shared memory: cross-entropy straight from hidden states, AdamW, and the sum of squared gradients.
 //
 // Build (clang ≥ 14 with lld; output is byte-for-byte reproducible with one clang version):
-//   npm run build:wasm      # = sh src/backend/cpu/build.sh → src/backend/cpu/kernels.wasm.ts (base64)
+//   npm run build:wasm      # = sh src/backend/cpu/build.sh → src/backend/cpu/kernels-wasm.ts (base64)
 //
 // Work is split into fixed units (vocabulary slices, element blocks) that threads claim with an atomic
 // counter, and every result is reduced per unit in a fixed order: the numbers are the same whatever the

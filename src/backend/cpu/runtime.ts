@@ -1,4 +1,4 @@
-// The CPU kernels' runtime: one WebAssembly module (kernels.c, embedded as base64 in kernels.wasm.ts) over one
+// The CPU kernels' runtime: one WebAssembly module (kernels.c, embedded as base64 in kernels-wasm.ts) over one
 // shared memory, run by a pool of threads — this thread plus (cores − 1) worker_threads, each with its own
 // instance of the same module on the same memory. A job is a struct the host lays out in that memory; every
 // thread calls the same exported function on it and claims work units with an atomic counter. Results do
@@ -11,7 +11,24 @@
 
 import * as os from 'node:os';
 import { Worker } from 'node:worker_threads';
-import { KERNELS_WASM_BASE64 } from './kernels.wasm';
+import { KERNELS_WASM_BASE64 } from './kernels-wasm';
+
+// tslab compiles notebooks' imports with lib ES2022 and no DOM, where WebAssembly has no types: the few
+// used here, and the global reached through globalThis.
+interface WasmMemory {
+  readonly buffer: ArrayBuffer | SharedArrayBuffer;
+  grow(pages: number): number;
+}
+interface WasmGlobal {
+  value: unknown;
+}
+type WasmModule = object;
+interface WasmApi {
+  Memory: new (descriptor: { initial: number; maximum?: number; shared?: boolean }) => WasmMemory;
+  Module: new (bytes: Uint8Array) => WasmModule;
+  Instance: new (module: WasmModule, imports: Record<string, Record<string, unknown>>) => { exports: Record<string, unknown> };
+}
+const wasm = (globalThis as unknown as { WebAssembly: WasmApi }).WebAssembly;
 
 /** The module's exports (kernels.c). Pointers are byte offsets into the shared memory. */
 export interface KernelExports {
@@ -24,8 +41,8 @@ export interface KernelExports {
   sumsq(job: number, tid: number): void;
   exp_inplace(ptr: number, n: number): void;
   layout(out: number): void;
-  __stack_pointer: WebAssembly.Global;
-  __heap_base: WebAssembly.Global;
+  __stack_pointer: WasmGlobal;
+  __heap_base: WasmGlobal;
 }
 
 /** The kernels every thread runs on a job: `fn(job, threadIndex)`. */
@@ -101,10 +118,10 @@ export function defaultCpuThreads(): number {
  * A shared memory that may grow to 4 GiB (V8 reserves the address space up front), or less where the process
  * may not reserve that much.
  */
-function sharedMemory(): WebAssembly.Memory {
+function sharedMemory(): WasmMemory {
   for (let maximum = MAX_PAGES; ; maximum /= 2) {
     try {
-      return new WebAssembly.Memory({ initial: 32, maximum, shared: true });
+      return new wasm.Memory({ initial: 32, maximum, shared: true });
     } catch (e) {
       if (maximum <= 4096) throw e;
     }
@@ -119,7 +136,7 @@ class Heap {
   private free: { ptr: number; size: number }[];
   private used = new Map<number, number>();
 
-  constructor(private readonly memory: WebAssembly.Memory, base: number) {
+  constructor(private readonly memory: WasmMemory, base: number) {
     const start = Math.ceil(base / ALIGN) * ALIGN;
     this.free = [{ ptr: start, size: memory.buffer.byteLength - start }];
   }
@@ -193,9 +210,9 @@ class Heap {
 
 /** The module, its memory and the thread pool. Get it with {@link cpuKernels}. */
 export class CpuKernels {
-  readonly memory: WebAssembly.Memory;
+  readonly memory: WasmMemory;
   readonly exports: KernelExports;
-  private readonly module: WebAssembly.Module;
+  private readonly module: WasmModule;
   private readonly heap: Heap;
   private readonly ctl: Int32Array;
   private readonly ctlPtr: number;
@@ -208,9 +225,9 @@ export class CpuKernels {
   private i32View: Int32Array;
 
   constructor(threads = defaultCpuThreads()) {
-    this.module = new WebAssembly.Module(decodeBase64(KERNELS_WASM_BASE64));
+    this.module = new wasm.Module(decodeBase64(KERNELS_WASM_BASE64));
     this.memory = sharedMemory();
-    const instance = new WebAssembly.Instance(this.module, { env: { memory: this.memory } });
+    const instance = new wasm.Instance(this.module, { env: { memory: this.memory } });
     this.exports = instance.exports as unknown as KernelExports;
     this.heap = new Heap(this.memory, this.exports.__heap_base.value as number);
     this.f32View = new Float32Array(this.memory.buffer);
@@ -392,7 +409,7 @@ export class CpuKernels {
     this.free(out);
     const want = [CE_JOB_SLOTS * 4, CeSlot.Next * 4, SEG_JOB_SLOTS * 4, SegJobSlot.Next * 4, SEGMENT_SLOTS * 4];
     if (got.join() !== want.join()) {
-      throw new Error(`cpu kernels: job layout of kernels.wasm.ts (${got}) differs from runtime.ts (${want}): rebuild`);
+      throw new Error(`cpu kernels: job layout of kernels-wasm.ts (${got}) differs from runtime.ts (${want}): rebuild`);
     }
   }
 }

@@ -54,7 +54,7 @@ const MAX_GROUP = 8;
 
 /** result[pOff + b] = Σ g² over block b of the group's gradients G0..G{k−1} (block ranges f0 < f1 < ...). */
 class GradSquareSumProgram extends GroupedProgram {
-  override uniforms: string;
+  declare uniforms: string;
 
   constructor(readonly count: number, blocks: number, total: number) {
     super(Array.from({ length: count }, (_, s) => `G${s}`), [total], `tsft_grad_sq_${count}`, blocks, WG);
@@ -109,11 +109,25 @@ class GradNormProgram extends GroupedProgram {
   }
 }
 
+/**
+ * Sum of many same-shape tensors by tf.addN over groups of 8: one addN over hundreds of tensors binds
+ * one storage buffer per input on webgpu, past the device's limit (16 on the H100).
+ */
+function addMany(ts: tf.Tensor[]): tf.Tensor {
+  let level = ts;
+  while (level.length > 1) {
+    const next: tf.Tensor[] = [];
+    for (let i = 0; i < level.length; i += 8) next.push(level.length - i === 1 ? level[i] : tf.addN(level.slice(i, i + 8)));
+    level = next;
+  }
+  return level[0];
+}
+
 /** {@link globalGradNorm} in tfjs ops (as src/train/optimizer.ts globalNorm / clipGradients): the fallback off webgpu. */
 export function globalGradNormStock(grads: tf.Tensor[], maxNorm = 0): { norm: tf.Scalar; clipCoef: tf.Scalar } {
   return tf.tidy(() => {
     const live = grads.filter((g) => g.size > 0);
-    const norm = tf.sqrt(live.length ? tf.addN(live.map((g) => tf.sum(tf.square(g)))) : tf.scalar(0)) as tf.Scalar;
+    const norm = tf.sqrt(live.length ? addMany(live.map((g) => tf.sum(tf.square(g)))) : tf.scalar(0)) as tf.Scalar;
     const clipCoef = (maxNorm > 0 ? tf.minimum(1, tf.div(maxNorm, tf.add(norm, 1e-6))) : tf.onesLike(norm)) as tf.Scalar;
     return { norm, clipCoef };
   });

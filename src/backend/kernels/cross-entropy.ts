@@ -232,6 +232,16 @@ function ceBackwardWebGpu(
 }
 
 /**
+ * Rows per flat gather of the target logits: tfjs-backend-webgpu's Gather and its gradient
+ * (UnsortedSegmentSum) address elements through f32, exact only below 2^24 — at 2048 × 151,936 one flat
+ * gather picks (and trains) a neighbouring token's logit for some rows. Gathering in row blocks of
+ * fewer than 2^24 elements keeps every index exact.
+ */
+export function gatherRowsPerBlock(V: number): number {
+  return Math.max(1, Math.floor(2 ** 24 / V));
+}
+
+/**
  * Token losses [N] and correct count in plain tfjs ops — Qwen2ForCausalLM.loss after its gather of the
  * labelled rows (materialises the [N, V] logits). The fallback off webgpu, and the reference in tests
  * and the benchmark.
@@ -240,8 +250,13 @@ export function crossEntropyStock(hidden: tf.Tensor2D, weight: tf.Tensor2D, targ
   const [N] = hidden.shape, V = weight.shape[0];
   const logits = tf.matMul(hidden, weight, false, true);                               // [N, V]
   const lse = tf.logSumExp(logits, -1);                                                 // [N]
-  const flat = tf.add(tf.mul(tf.range(0, N, 1, 'int32'), tf.scalar(V, 'int32')), targets);
-  const picked = tf.gather(tf.reshape(logits, [N * V]), flat);                          // [N]
+  const rowsPer = gatherRowsPerBlock(V), parts: tf.Tensor[] = [];
+  for (let r0 = 0; r0 < N; r0 += rowsPer) {
+    const n = Math.min(rowsPer, N - r0);
+    const flat = tf.add(tf.mul(tf.range(0, n, 1, 'int32'), tf.scalar(V, 'int32')), tf.slice(targets, [r0], [n]));
+    parts.push(tf.gather(tf.reshape(tf.slice(logits, [r0, 0], [n, V]), [n * V]), flat));   // [n]
+  }
+  const picked = parts.length === 1 ? parts[0] : tf.concat(parts);                      // [N]
   const correct = tf.sum(tf.cast(tf.equal(tf.argMax(logits, -1), targets), 'float32')) as tf.Scalar;
   return { tokenLoss: tf.sub(lse, picked), correct };
 }

@@ -20,7 +20,7 @@
 // memory at head_dim 128 (lavapipe allows 32 KiB, the H100 48 KiB).
 
 import * as tf from '@tensorflow/tfjs-core';
-import { gqaAttention, MASKED } from '../../model/qwen2';
+import { gqaAttention, MASKED } from '../../model/attention';
 import { onWebGpu, runProgram, type Program } from './program';
 
 /** Query rows and keys per tile. */

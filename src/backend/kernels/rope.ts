@@ -67,9 +67,13 @@ export function applyRopeFused(x: tf.Tensor4D, cos: tf.Tensor4D, sin: tf.Tensor4
   if (!onWebGpu()) return ropeStock(x, cos, sin);
   assertFloat32('applyRopeFused', x, cos, sin);
   const u: Uniform[] = [D, T, heads * T, cos.shape[0] === 1 ? 0 : T * D].map((v) => ({ type: 'int32', data: [v] }));
-  const f = tf.customGrad(((xs: tf.Tensor) => ({
-    value: runProgram(new RopeProgram('forward', xs.shape), [xs, cos, sin], u),
-    gradFunc: (dy: tf.Tensor) => runProgram(new RopeProgram('backward', dy.shape), [dy, cos, sin], u),
-  })) as unknown as Parameters<typeof tf.customGrad>[0]);
+  // cos/sin are saved: the caller's scope (a model's forward) may dispose them before backward runs
+  const f = tf.customGrad(((xs: tf.Tensor, save: tf.GradSaveFunc) => {
+    save([cos, sin]);
+    return {
+      value: runProgram(new RopeProgram('forward', xs.shape), [xs, cos, sin], u),
+      gradFunc: (dy: tf.Tensor, [c, s]: tf.Tensor[]) => runProgram(new RopeProgram('backward', dy.shape), [dy, c, s], u),
+    };
+  }) as unknown as Parameters<typeof tf.customGrad>[0]);
   return f(x) as tf.Tensor4D;
 }

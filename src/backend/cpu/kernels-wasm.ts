@@ -2,7 +2,7 @@
 // 17133 bytes of WebAssembly, base64.
 
 /** sha256 of the kernels.c these bytes were built from. */
-export const KERNELS_C_SHA256 = "4a7f50b556ab9c33eb9249a173cedf5a15755898d6ec25c0ce47618a2df17e9c";
+export const KERNELS_C_SHA256 = "5f81ab47a715c06255fc75f5cf3d0c3f36548c396b8ef982f97c67a9dc68c9de";
 
 /** The kernels module (imports env.memory: shared, up to 4 GiB). */
 export const KERNELS_WASM_BASE64 =

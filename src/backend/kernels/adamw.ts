@@ -14,7 +14,7 @@
 
 import * as tf from '@tensorflow/tfjs-core';
 import '../gradients';
-import { assertFloat32, blockSumWgsl, FLAT_WORKGROUP, gridFor, GroupedProgram, onWebGpu, runProgram, uninitialised, webgpuBackend, type Uniform } from './program';
+import { assertFloat32, blockSumWgsl, FLAT_WORKGROUP, gridFor, GroupedProgram, onWebGpu, runProgram, uninitialised, webgpuBackend, type Uniform, pipelineFor } from './program';
 
 /** Hyper-parameters of one step. */
 export interface AdamWHyper {
@@ -269,20 +269,6 @@ class AdamWProgram {
   }
 }
 
-/** Pipelines by device and shader key. */
-const pipelines = new WeakMap<GPUDevice, Map<string, GPUComputePipeline>>();
-
-function pipelineFor(device: GPUDevice, program: AdamWProgram): GPUComputePipeline {
-  let byKey = pipelines.get(device);
-  if (!byKey) pipelines.set(device, (byKey = new Map()));
-  let p = byKey.get(program.shaderKey);
-  if (!p) {
-    const module = device.createShaderModule({ code: program.getUserCode(), label: program.shaderKey });
-    p = device.createComputePipeline({ layout: 'auto', compute: { module, entryPoint: 'main' }, label: program.shaderKey });
-    byKey.set(program.shaderKey, p);
-  }
-  return p;
-}
 
 /** tfjs-backend-webgpu internals the in-place update needs (private in its typings). */
 interface BackendInternals {

@@ -30,7 +30,7 @@
 // no f16 dtype), so tfjs owns and frees the memory. {@link matMulF16} is the tfjs-level entry point.
 
 import * as tf from '@tensorflow/tfjs-core';
-import { ElementwiseProgram, onWebGpu, runProgram, sizeOf, uninitialised, webgpuBackend, type LayoutA, type LayoutB } from './program';
+import { ElementwiseProgram, onWebGpu, runProgram, sizeOf, uninitialised, webgpuBackend, type LayoutA, type LayoutB, pipelineFor } from './program';
 
 // ---------------------------------------------------------------------------------------------------
 // Tiles
@@ -454,21 +454,6 @@ fn main(@builtin(local_invocation_id) lid : vec3<u32>, @builtin(workgroup_id) wi
   }
 }
 
-/** Pipelines by device and shader key. */
-const pipelines = new WeakMap<GPUDevice, Map<string, GPUComputePipeline>>();
-
-/** The (cached) pipeline of `program` on `device`. */
-export function pipelineFor(device: GPUDevice, program: OwnProgram): GPUComputePipeline {
-  let byKey = pipelines.get(device);
-  if (!byKey) pipelines.set(device, (byKey = new Map()));
-  let p = byKey.get(program.shaderKey);
-  if (!p) {
-    const module = device.createShaderModule({ code: program.getUserCode(), label: program.shaderKey });
-    p = device.createComputePipeline({ layout: 'auto', compute: { module, entryPoint: 'main' }, label: program.shaderKey });
-    byKey.set(program.shaderKey, p);
-  }
-  return p;
-}
 
 /** Records one dispatch of a matmul program into `pass`; `uniform` holds {@link dimsBytes}. */
 export function encodeMatmulF16(device: GPUDevice, pass: GPUComputePassEncoder, program: OwnProgram, a: GPUBuffer, b: GPUBuffer, c: GPUBuffer, uniform: GPUBuffer): void {

@@ -404,3 +404,28 @@ export function matMulTiled(a: tf.Tensor2D, b: tf.Tensor2D, transposeA = false, 
   const program = new MatmulProgram(t, transposeA ? 'km' : 'mk', transposeB ? 'nk' : 'kn', M, N);
   return runProgram(program, [a, b], matmulUniforms({ M, N, K, lda: a.shape[1], ldb: b.shape[1], ldc: N })) as tf.Tensor2D;
 }
+
+// ---------------------------------------------------------------------------------------------------
+// Kernels that encode their own passes (outside tfjs's runProgram) share one pipeline cache.
+
+/** A WGSL program compiled straight on the GPUDevice: its source and a key naming every specialisation. */
+export interface ShaderSource {
+  readonly shaderKey: string;
+  getUserCode(): string;
+}
+
+/** Pipelines by device and shader key. */
+const pipelines = new WeakMap<GPUDevice, Map<string, GPUComputePipeline>>();
+
+/** The (cached) compute pipeline of `program` on `device` (entry point `main`, layout from the shader). */
+export function pipelineFor(device: GPUDevice, program: ShaderSource): GPUComputePipeline {
+  let byKey = pipelines.get(device);
+  if (!byKey) pipelines.set(device, (byKey = new Map()));
+  let p = byKey.get(program.shaderKey);
+  if (!p) {
+    const module = device.createShaderModule({ code: program.getUserCode(), label: program.shaderKey });
+    p = device.createComputePipeline({ layout: 'auto', compute: { module, entryPoint: 'main' }, label: program.shaderKey });
+    byKey.set(program.shaderKey, p);
+  }
+  return p;
+}

@@ -155,7 +155,7 @@ async function main(): Promise<void> {
     `checkpoint:    ${rel(checkpoint)}   (npx tsft infer --model ${rel(checkpoint)}; npx tsft web-ui --model ${rel(checkpoint)})`,
     `loss plot:     ${rel(lossPng)}   (all ${images.length} plots in ${rel(imagesDir)})`,
     `logs:          ${rel(path.join(outputDir, 'logging.jsonl'))}   (TensorBoard: tensorboard --logdir ${rel(args.logging_dir!)})`,
-    `report:        ${rel(reportDir)}/   ${fs.existsSync(reportDir) ? '' : '(written by `npm run report`)'}`,
+    `report:        ${rel(reportDir)}/${fs.existsSync(reportDir) ? '   (the notebooks, executed: npm run report)' : '   (written by `npm run report`)'}`,
     `time:          ${total.toFixed(1)} s (${phases.map(([n, s]) => `${n} ${s.toFixed(1)} s`).join(', ')})`,
     '',
   ].join('\n'));

@@ -26,3 +26,22 @@ export class DeviceError extends TsftError {}
 
 /** A dataset that cannot be loaded: bad spec (`#0`, unknown subset), unreadable or malformed file, unknown format. */
 export class DatasetError extends TsftError {}
+
+/**
+ * A GPU allocation that would exceed the device's memory, caught before it was made (nothing was allocated,
+ * tensors are intact, the process can go on — e.g. save a checkpoint). The message says what was being
+ * allocated, what holds the memory and what to change.
+ */
+export class DeviceMemoryError extends TsftError {
+  constructor(
+    message: string,
+    /** bytes that were asked for */
+    readonly requestedBytes = 0,
+    /** bytes in use on the device at that moment */
+    readonly inUseBytes = 0,
+    /** bytes tsft may use on the device */
+    readonly budgetBytes = 0,
+  ) {
+    super(message);
+  }
+}

@@ -71,4 +71,4 @@ export { LiveLossChart } from './plot/live';
 export { kernelPath, setKernelPath, lmHeadCrossEntropy, type KernelPath } from './backend/fused';
 
 // --- errors
-export { TsftError, ConfigError, CheckpointError, HubError, TemplateError, DeviceError, DatasetError } from './errors';
+export { TsftError, ConfigError, CheckpointError, HubError, TemplateError, DeviceError, DatasetError, DeviceMemoryError } from './errors';

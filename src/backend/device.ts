@@ -8,6 +8,7 @@ import * as tf from '@tensorflow/tfjs-core';
 import { DeviceError } from '../errors';
 import { getLogger } from '../utils/logger';
 import { installWasmBatchMatMul } from './kernels/wasm-batch-matmul';
+import { describeGpuMemory, detectGpuMemory, installMemoryGuard, uninstallMemoryGuard, type GpuMemoryInfo } from './memory-guard';
 import {
   probeAdapter,
   releaseNavigatorGpu,
@@ -35,11 +36,18 @@ export interface DeviceInfo {
   limits?: Record<string, number>;
   /** webgpu only: our own GPUDevice, shared with tfjs; custom kernels run their pipelines on it. */
   gpuDevice?: GPUDevice;
+  /** webgpu only: how much memory the GPU has and what the memory guard lets tsft use (memory-guard.ts). */
+  memory?: GpuMemoryInfo;
 }
 
 export interface InitDeviceOptions {
   /** Don't print the `[INFO:tsft] device: ...` line. */
   quiet?: boolean;
+  /**
+   * webgpu: the GPU memory tsft may use, in GiB (wins over env TSFT_GPU_MEMORY and what the driver
+   * reports); allocations beyond it throw DeviceMemoryError. Read when the device starts.
+   */
+  gpuMemoryGiB?: number;
 }
 
 const started = new Map<DeviceName, DeviceInfo>();
@@ -107,7 +115,7 @@ export async function initDevice(
   if (!info) {
     let p = pending.get(choice);
     if (!p) {
-      p = startDevice(choice)
+      p = startDevice(choice, opts)
         .then((fresh) => {
           started.set(choice, fresh);
           if (!opts.quiet) getLogger().info(`device: ${describeDevice(fresh)}`);
@@ -165,6 +173,7 @@ export function getGpuAdapterInfo(): GPUAdapterInfo {
 export async function shutdownDevice(): Promise<void> {
   await Promise.allSettled([...pending.values()]);
   if (webgpu) {
+    uninstallMemoryGuard();
     stopWebGpu(webgpu);
     webgpu = null;
   }
@@ -180,7 +189,7 @@ export function describeDevice(info: DeviceInfo): string {
     const name = a.device.replace(/-+$/, '') || a.description || 'unknown adapter';
     const api = { linux: 'vulkan', darwin: 'metal', win32: 'd3d12' }[process.platform as string] ?? '';
     const tags = [a.vendor, a.isSoftware ? 'software' : '', api].filter(Boolean).join(', ');
-    return `webgpu — ${name} (${tags}${a.description ? `; ${a.description}` : ''})${feats}`;
+    return `webgpu — ${name} (${tags}${a.description ? `; ${a.description}` : ''}), ${describeGpuMemory(info.memory)}${feats}`;
   }
   const what = { wasm: 'XNNPACK on the CPU', cpu: 'plain JavaScript on the CPU', tensorflow: 'libtensorflow' };
   return `${info.name} — ${what[info.name as Exclude<DeviceName, 'webgpu'>]}${feats}`;
@@ -206,10 +215,10 @@ async function autoDevice(): Promise<DeviceName> {
   return (autoChoice = 'wasm');
 }
 
-async function startDevice(name: DeviceName): Promise<DeviceInfo> {
+async function startDevice(name: DeviceName, opts: InitDeviceOptions): Promise<DeviceInfo> {
   switch (name) {
     case 'webgpu':
-      return startWebGpuDevice();
+      return startWebGpuDevice(opts);
     case 'wasm':
       return startWasm();
     case 'cpu':
@@ -231,12 +240,26 @@ async function setBackendOrThrow(backend: string, device: DeviceName): Promise<v
   }
 }
 
-async function startWebGpuDevice(): Promise<DeviceInfo> {
+async function startWebGpuDevice(opts: InitDeviceOptions): Promise<DeviceInfo> {
   webgpu = await startWebGpu(await probeAdapter());
   // Results stay on the GPU: small ops must not be forwarded to the CPU, custom kernels read GPU buffers.
   tf.env().set('WEBGPU_CPU_FORWARD', false);
   await setBackendOrThrow('webgpu', 'webgpu');
+  // After the device exists, so the free memory read excludes Dawn's own context.
+  const s = webgpu.summary;
+  const memory = detectGpuMemory({
+    gpuMemoryGiB: opts.gpuMemoryGiB,
+    adapterName: `${s.device} ${s.description}`,
+    vendor: s.vendor,
+    isSoftware: s.isSoftware,
+    adapterInfo: webgpu.adapterInfo,
+  });
+  installMemoryGuard(webgpu.backend, memory, { isSoftware: s.isSoftware });
+  if (memory.budgetBytes === undefined) {
+    getLogger().warningOnce(`webgpu: the GPU's memory size is unknown, so allocations are not checked (a too large one may fail in the driver); set TSFT_GPU_MEMORY=<GiB> to check them.`);
+  }
   return {
+    memory,
     name: 'webgpu',
     backend: 'webgpu',
     adapter: webgpu.summary,

@@ -1,9 +1,13 @@
 // Memory accounting for logs (`memory(GiB)`): what tfjs says the active backend holds, plus GPU buffers
-// that tsft's own kernels keep outside tfjs (registered pools), and a running peak.
-// The peak is polled — it rises only when deviceMemory() is called — so call it where memory is highest
-// (after backward) to make it mean something.
+// that tsft's own kernels keep outside tfjs (registered pools), tfjs's pool of free GPU buffers reported
+// apart, and a peak. On webgpu the memory guard (memory-guard.ts) sees every allocation, so the peak is
+// exact; elsewhere it is polled — it rises only when deviceMemory() is called — so call it where memory
+// is highest (after backward) to make it mean something.
 
 import * as tf from '@tensorflow/tfjs-core';
+import { gpuGuardStats, gpuPooledBytes, registeredPoolBytes, resetGpuPeak } from './memory-guard';
+
+export { registerGpuPool, releasePooledGpuBuffers } from './memory-guard';
 
 /** A snapshot of the active backend's memory. */
 export interface DeviceMemory {
@@ -16,34 +20,21 @@ export interface DeviceMemory {
    * pool of free buffers and tsft's own registered pools ({@link registerGpuPool}); wasm — the wasm heap (it never shrinks); cpu and others — tensorBytes.
    */
   allocatedBytes: number;
-  /** Highest allocatedBytes seen by any call so far (since {@link resetPeakMemory}). */
+  /**
+   * Highest allocatedBytes since {@link resetPeakMemory}: on webgpu with the memory guard, checked at every
+   * buffer allocation (exact); elsewhere the highest any deviceMemory() call saw.
+   */
   peakBytes: number;
   numTensors: number;
+  /** webgpu: bytes in tfjs's pool of free buffers (kept for reuse, dropped under memory pressure); else 0 */
+  pooledBytes: number;
+  /** webgpu: bytes of tsft's own registered pools ({@link registerGpuPool}); else 0 */
+  registeredPoolBytes: number;
+  /** webgpu: what the memory guard lets tsft use (bytes), when the GPU's size is known */
+  budgetBytes?: number;
 }
 
 let peak = 0;
-
-/** GPU buffers kept outside tfjs (kernel scratch, f16 weight copies): name → bytes held now. */
-const pools = new Map<string, () => number>();
-
-/**
- * Counts a pool of GPU buffers that tsft allocates itself (not through tfjs) in {@link deviceMemory}'s
- * webgpu figures. Returns a function that unregisters it.
- *
- * @example
- * const unregister = registerGpuPool('f16-weights', () => f16Bytes);
- */
-export function registerGpuPool(name: string, bytes: () => number): () => void {
-  pools.set(name, bytes);
-  return () => void pools.delete(name);
-}
-
-/** Bytes held by the registered pools. */
-function poolBytes(): number {
-  let n = 0;
-  for (const f of pools.values()) n += f();
-  return n;
-}
 
 /**
  * Reads the active backend's memory and updates the running peak.
@@ -58,20 +49,32 @@ export function deviceMemory(): DeviceMemory {
   // engine.state is always there; tf.memory() would start a default backend when none is active.
   const { numBytes, numTensors } = engine.state;
   let allocated = numBytes;
+  let pooled = 0, registered = 0, budget: number | undefined;
   if (backend === 'webgpu') {
     const m = tf.memory() as tf.MemoryInfo & { numBytesAllocatedInGPU?: number };
-    allocated = (m.numBytesAllocatedInGPU ?? numBytes) + poolBytes();
+    registered = registeredPoolBytes();
+    allocated = (m.numBytesAllocatedInGPU ?? numBytes) + registered;
+    pooled = gpuPooledBytes();
+    const g = gpuGuardStats();
+    if (g) {
+      peak = Math.max(peak, g.peakBytes);
+      budget = g.info.budgetBytes;
+    }
   } else if (backend === 'wasm') {
     const heap = (tf.backend() as unknown as { wasm?: { HEAPU8?: Uint8Array } }).wasm?.HEAPU8;
     allocated = heap ? heap.buffer.byteLength : numBytes;
   }
   peak = Math.max(peak, allocated);
-  return { backend, tensorBytes: numBytes, allocatedBytes: allocated, peakBytes: peak, numTensors };
+  return {
+    backend, tensorBytes: numBytes, allocatedBytes: allocated, peakBytes: peak, numTensors,
+    pooledBytes: pooled, registeredPoolBytes: registered, budgetBytes: budget,
+  };
 }
 
 /** Starts a new peak from the current allocation (e.g. after loading the model, before training). */
 export function resetPeakMemory(): void {
   peak = 0;
+  resetGpuPeak();
   deviceMemory();
 }
 

@@ -7,6 +7,7 @@ import * as path from 'path';
 import * as tf from '@tensorflow/tfjs-core';
 import { CheckpointError, ConfigError } from '../errors';
 import { initDevice, currentDevice, type DeviceName } from '../backend/device';
+import { releasePooledGpuBuffers } from '../backend/memory-guard';
 import { architectureOf, parameterShapes, resolveConfig, type QwenConfig, type QwenConfigJson } from './config';
 import { Qwen2ForCausalLM } from './qwen2';
 import { Qwen3ForCausalLM } from './qwen3';
@@ -148,6 +149,8 @@ export async function getModelTokenizer(pathOrHubId: string, opts: GetModelToken
     if (extra.length) logger.warning(`${dir}: ignoring ${extra.length} tensors the config does not use: ${extra.slice(0, 5).join(', ')}${extra.length > 5 ? ', …' : ''}`);
     model = createModel(config, weights);
     weights.clear();
+    // tfjs keeps the weights' upload staging buffers in its pool for reuse: give them back
+    if (tf.getBackend() === 'webgpu') releasePooledGpuBuffers();
     const maxLen = config.maxPositionEmbeddings;
     model.modelInfo = { modelType, modelDir: dir, dtype: config.dtype, maxModelLen: maxLen, config: json };
     model.modelMeta = { modelType, template: MODEL_TYPES[modelType].template };

@@ -177,6 +177,75 @@ def train_cases(b, key, shape, seqs):
         b.reset_peak()
 
 
+class LoraLinear(torch.nn.Module):
+    """PEFT's LoRA on one nn.Linear (r, alpha, dropout; A kaiming-uniform, B zeros), without the peft package."""
+
+    def __init__(self, base, r=8, alpha=32, dropout=0.05):
+        super().__init__()
+        self.base, self.scale = base, alpha / r
+        self.lora_A = torch.nn.Linear(base.in_features, r, bias=False, device=base.weight.device, dtype=base.weight.dtype)
+        self.lora_B = torch.nn.Linear(r, base.out_features, bias=False, device=base.weight.device, dtype=base.weight.dtype)
+        torch.nn.init.kaiming_uniform_(self.lora_A.weight, a=5 ** 0.5)
+        torch.nn.init.zeros_(self.lora_B.weight)
+        self.dropout = torch.nn.Dropout(dropout)
+
+    def forward(self, x):
+        return self.base(x) + self.lora_B(self.lora_A(self.dropout(x))) * self.scale
+
+
+def add_lora(model):
+    """LoRA r8 on every linear layer but lm_head (ms-swift's all-linear); the base frozen. Returns the adapter params."""
+    for p in model.parameters():
+        p.requires_grad_(False)
+    names = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) and n.split('.')[-1].endswith('_proj')]
+    for n in names:
+        parent, child = model.get_submodule(n.rsplit('.', 1)[0]), n.rsplit('.', 1)[1]
+        setattr(parent, child, LoraLinear(getattr(parent, child)))
+    return [p for n, p in model.named_parameters() if 'lora_' in n]
+
+
+def case_bench(b, spec):
+    """One --cases entry, model:full|lora:seq:fp32|bf16[:ckpt], in a fresh model (the same keys as train-step.ts --cases)."""
+    key, mode, seq, dtype, *rest = spec.split(':')
+    seq, ckpt = int(seq), rest == ['ckpt']
+    shape = SHAPES[key]
+    base = dict(bench='train', model=key, layers=shape['num_hidden_layers'], mode=mode, seq=seq, dtype=dtype, ckpt=ckpt)
+    if b.over_budget():
+        b.emit(**base, error='skipped: time budget')
+        return
+    model = opt = None
+    try:
+        b.reset_peak()
+        model = make_model(shape, dtype, b.device)
+        params_m = round(sum(p.numel() for p in model.parameters()) / 1e6, 1)
+        params = add_lora(model) if mode == 'lora' else list(model.parameters())
+        model.train()
+        if ckpt:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={'use_reentrant': False})
+        opt = torch.optim.AdamW(params, lr=1e-5, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01)
+        ids = torch.randint(0, shape['vocab_size'], (1, seq), device=b.device)
+        losses = []
+
+        def step():
+            out = model(input_ids=ids, labels=ids)
+            out.loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            losses.append(out.loss.detach())
+
+        b.reset_peak()
+        ms, n, warm = b.timed(step, b.args.steps)
+        b.emit(**base, batch=1, params_m=params_m, trainable_m=round(sum(p.numel() for p in params) / 1e6, 2),
+               ms_per_step=round(ms, 2), tokens_per_s=round(seq / ms * 1000, 1), steps=n, warmup_ms=round(warm, 1),
+               peak_gib=b.peak_gib(), loss=round(float(losses[-1]), 4))
+    except Exception as e:  # noqa: BLE001 - OOM and friends: record, go on
+        b.emit(**base, error=error_text(e))
+    finally:
+        del model, opt
+        b.reset_peak()
+
+
 def decode_case(b, key, shape, model, dtype):
     base = dict(bench='decode', model=key, layers=shape['num_hidden_layers'], dtype=dtype)
     if b.over_budget():
@@ -265,6 +334,7 @@ def main():
     p.add_argument('--budget-s', type=float, default=90.0, help='cases that would start later are skipped')
     p.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
     p.add_argument('--no-attention', action='store_true')
+    p.add_argument('--cases', help='comma list of model:full|lora:seq:fp32|bf16[:ckpt] (instead of --models; clip 1.0 + AdamW as the trainer)')
     args = p.parse_args()
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
@@ -275,8 +345,12 @@ def main():
            steps=args.steps, budget_s=args.budget_s, date=time.strftime('%Y-%m-%dT%H:%M:%S'))
     if not args.no_attention:
         attention_cases(b, *((4, 2, 128, 64) if args.small else (16, 8, 2048, 128)))
-    for key in (args.models.split(',') if args.models else shapes):
-        train_cases(b, key, shapes[key], seqs)
+    if args.cases:
+        for spec in args.cases.split(','):
+            case_bench(b, spec)
+    else:
+        for key in (args.models.split(',') if args.models else shapes):
+            train_cases(b, key, shapes[key], seqs)
     print(f'reference bench: {time.perf_counter() - b.started:.1f} s on {b.gpu}', file=sys.stderr, flush=True)
 
 

@@ -60,13 +60,22 @@ function pytorchName(r: Line): string {
 /** What a measurement is of, so that ours and PyTorch's line up: bench, shape, length, pass. */
 function workKey(r: Line): string {
   if (r.bench === 'attention') return `attention|${r.pass}|${r.heads}|${r.kv_heads}|${r.head_dim}|${r.seq}`;
-  if (r.bench === 'train') return `train|${r.model}|${r.seq}`;
+  if (r.bench === 'train') return `train|${r.model}|${r.seq}|${r.mode ?? 'full'}`;
   return `decode|${r.model}`;
+}
+
+/** Our measurement's own variant of the work (precision, checkpointing), so several of ours line up with one PyTorch line. */
+function oursKey(r: Line): string {
+  return r.bench === 'train' ? `${workKey(r)}|${r.dtype ?? 'fp32'}|${r.ckpt ? 'ckpt' : ''}` : workKey(r);
 }
 
 function workName(r: Line): string {
   if (r.bench === 'attention') return `attention ${r.pass} H${r.heads}/KV${r.kv_heads} D${r.head_dim} seq ${r.seq}`;
-  if (r.bench === 'train') return `train ${r.model} full, seq ${r.seq}`;
+  if (r.bench === 'train') {
+    const mode = r.mode === 'lora' ? 'LoRA r8 all-linear' : 'full';
+    const ours = r.source === 'tsft' ? ` ${r.dtype === 'f16' ? 'f16 mixed' : 'fp32'}${r.ckpt ? ' + grad ckpt' : ''}` : '';
+    return `train ${r.model} ${mode}${ours}, seq ${r.seq}`;
+  }
   return `decode ${r.model} (batch 1, greedy)`;
 }
 
@@ -88,7 +97,8 @@ export function merge(lines: Line[], date: string): Entry[] {
   const torchVersion = torchMeta ? ` (torch ${torchMeta.torch}, transformers ${torchMeta.transformers})` : '';
   const entries: Entry[] = [];
   const ours = new Map<string, Line>();
-  for (const r of lines) if (r.source === 'tsft' && ['attention', 'train', 'decode'].includes(r.bench as string)) ours.set(workKey(r), r);
+  for (const r of lines) if (r.source === 'tsft' && ['attention', 'train', 'decode'].includes(r.bench as string)) ours.set(oursKey(r), r);
+  const oursWork = new Set([...ours.values()].map(workKey));
   const refs = lines.filter((r) => r.source === 'pytorch' && r.bench !== 'meta');
   const oursDevice = (r?: Line) => str(r?.device) ?? str(tsftMeta?.device) ?? 'unknown';
 
@@ -110,7 +120,8 @@ export function merge(lines: Line[], date: string): Entry[] {
   }
 
   // ours (train-step.ts) against the stock tfjs attention, then against every PyTorch line of the same work
-  for (const [key, o] of ours) {
+  for (const o of ours.values()) {
+    const key = workKey(o);
     const mine = figures(o);
     const base = {
       name: workName(o),
@@ -149,7 +160,7 @@ export function merge(lines: Line[], date: string): Entry[] {
 
   // PyTorch lines of work we did not run (the full Qwen3-4B): for orientation
   for (const r of refs) {
-    if (ours.has(workKey(r))) continue;
+    if (oursWork.has(workKey(r))) continue;
     const ref = figures(r);
     entries.push({
       name: workName(r), device: oursDevice(), ours_ms: null, reference_ms: ref.ms, ratio: null,

@@ -8,12 +8,15 @@
 //   ../shared/gpu/pack.sh bench/train-step.ts            # then on the GPU box:
 //   source .gpu/setup.sh && node .gpu/train-step.mjs --out $OUT/ours.json
 //
+// --cases model:full|lora:seq:fp32|f16[:ckpt],... runs training steps as the trainer does (fused clip +
+// AdamW; f16 = mixed precision with loss scaling; LoRA r8 all-linear with its frozen base held in f16), one
+// fresh model per case, instead of the per-model runs below (reference.py --cases runs PyTorch's).
 // Flags: --small; --out FILE (JSON lines, appended case by case, so a cut-off run keeps what it did);
 // --models a,b (default: all, in the order below); --seqs 512,2048; --steps N (timed steps, default 3);
 // --budget-s S (default 180: cases that would start later are recorded as skipped, and a case times
 // fewer steps when its warm-up step says the full count won't fit); --no-attention; --no-decode.
 //
-// Shapes: Qwen3-4B in fp32 with AdamW needs 16 bytes per parameter (weights, gradients, two moments)
+// Shapes (per-model runs): Qwen3-4B in fp32 with AdamW needs 16 bytes per parameter (weights, gradients, two moments)
 // = 64 GB before activations, more than the H100's 80 GB allows with tfjs's buffer pool, so it runs
 // with 12 of its 36 layers, labelled "qwen3-4b-12of36L" (reference.py runs the same truncated shape).
 // Weights: uniform values of std 0.02 (norms 1, biases 0) from one shared pool, passed to createModel:
@@ -35,6 +38,9 @@ import { generate } from '../src/model/generate';
 import { createModel } from '../src/model/loader';
 import { attentionBias, gqaAttention, type Qwen2ForCausalLM } from '../src/model/qwen2';
 import { AdamW } from '../src/train/optimizer';
+import { loraParameters, prepareLora } from '../src/train/lora';
+import { setComputeDtype } from '../src/backend/precision';
+import { halfCopyBytes } from '../src/backend/kernels/linear';
 
 // ---------------------------------------------------------------------------------------------------
 // Flags and shapes.
@@ -81,6 +87,24 @@ const MODELS: Record<string, QwenConfigJson> = SMALL
       'qwen2.5-3b': qwen('qwen2', 2048, 36, 16, 2, 11008),
     };
 const SELECTED = value('--models')?.split(',') ?? Object.keys(MODELS);
+if (!SMALL) {
+  // the whole Qwen3-4B: runs in f16 mixed precision with gradient checkpointing (--cases)
+  MODELS['qwen3-4b'] = qwen('qwen3', 2560, 36, 32, 8, 9728, 151936, 128);
+}
+
+/**
+ * One training case: `model:mode:seq:dtype[:ckpt]`, mode full | lora (r8, alpha 32, dropout 0.05, all-linear),
+ * dtype fp32 | f16 (mixed precision: f16 matmuls and attention, f32 master weights; LoRA's frozen base in f16).
+ */
+interface Case { model: string; mode: 'full' | 'lora'; seq: number; dtype: 'fp32' | 'f16'; ckpt: boolean }
+function parseCase(spec: string): Case {
+  const [model, mode, seq, dtype, ckpt] = spec.split(':');
+  if (!MODELS[model] || !['full', 'lora'].includes(mode) || !(Number(seq) > 0) || !['fp32', 'f16'].includes(dtype) || (ckpt && ckpt !== 'ckpt')) {
+    throw new Error(`--cases: "${spec}" is not model:full|lora:seq:fp32|f16[:ckpt] (models: ${Object.keys(MODELS).join(', ')})`);
+  }
+  return { model, mode: mode as Case['mode'], seq: Number(seq), dtype: dtype as Case['dtype'], ckpt: ckpt === 'ckpt' };
+}
+const CASES = value('--cases')?.split(',').map(parseCase);
 
 /** Attention micro-bench: Qwen3-0.6B heads (16 query, 8 KV, head_dim 128) at seq 2048. */
 const ATTENTION = SMALL ? { H: 4, KV: 2, T: 128, D: 128 } : { H: 16, KV: 8, T: 2048, D: 128 };
@@ -260,19 +284,70 @@ async function attentionBench(): Promise<void> {
 // ---------------------------------------------------------------------------------------------------
 // Training steps and decoding for one model shape.
 
-async function trainStep(model: Qwen2ForCausalLM, opt: AdamW, seq: number): Promise<number> {
-  const params = model.namedParameters();
+/**
+ * One training step as the trainer runs it: loss (× the loss scale under mixed precision) and gradients of
+ * the trainable parameters, then the fused clip (max norm 1.0) + AdamW, which unscales.
+ */
+async function trainStep(model: Qwen2ForCausalLM, opt: AdamW, params: Map<string, tf.Variable>, seq: number, lossScale = 1): Promise<number> {
   const vars = [...params.values()];
   const ids = [Array.from({ length: seq }, (_, t) => (t * 7919 + 13) % model.config.vocabSize)];
-  const { value, grads } = tf.variableGrads(() => model.loss(ids, ids).loss, vars);
+  const { value, grads } = tf.variableGrads(() => tf.mul(model.loss(ids, ids).loss, lossScale) as tf.Scalar, vars);
   deviceMemory(); // the peak: activations freed into the pool, gradients alive
-  opt.step(new Map([...params].map(([n, v]) => [n, grads[v.name]])), 1e-5);
-  tf.dispose(Object.values(grads));
+  const g = new Map([...params].map(([n, v]) => [n, grads[v.name]]));
+  const norm = await opt.clipAndStep(g, 1e-5, 1.0, { inverseScale: 1 / lossScale });
+  if (!Number.isFinite(norm)) throw new Error(`gradient norm ${norm} at loss scale ${lossScale}`);
+  tf.dispose([...g.values()]);
   await drain(vars[0]);
-  const loss = (await value.data())[0];
+  const loss = (await value.data())[0] / lossScale;
   value.dispose();
   deviceMemory();
   return loss;
+}
+
+/** The trainable parameters: every weight (full) or the adapters (LoRA). */
+function trainable(model: Qwen2ForCausalLM): Map<string, tf.Variable> {
+  return model.adapters.size ? loraParameters(model) : model.namedParameters();
+}
+
+/** One --cases entry in a fresh model: build, (LoRA), precision, timed steps, emit. */
+async function caseBench(c: Case): Promise<void> {
+  const config = resolveConfig(MODELS[c.model]);
+  const base = { bench: 'train', model: c.model, layers: config.numLayers, hidden: config.hiddenSize, mode: c.mode, seq: c.seq, dtype: c.dtype, ckpt: c.ckpt, batch: 1 };
+  let model: Qwen2ForCausalLM | undefined, opt: AdamW | undefined;
+  try {
+    if (overBudget()) throw new Error('skipped: time budget');
+    releasePool();
+    const t0 = performance.now();
+    model = createModel(config, poolWeights(config));
+    const paramsM = round([...model.namedParameters().values()].reduce((a, v) => a + v.size, 0) / 1e6);
+    setComputeDtype(c.dtype === 'f16' ? 'float16' : 'float32');
+    if (c.mode === 'lora') {
+      prepareLora(model, { r: 8, lora_alpha: 32, lora_dropout: 0.05, target_modules: 'all-linear' });
+      if (c.dtype === 'f16') model.holdFrozenInHalf();
+    }
+    model.gradientCheckpointing = c.ckpt;
+    model.train();
+    const params = trainable(model);
+    opt = new AdamW(params, { beta1: 0.9, beta2: 0.999, eps: 1e-8, weightDecay: 0.01 });
+    const trainableM = round([...params.values()].reduce((a, v) => a + v.size, 0) / 1e6);
+    console.error(`${c.model} ${c.mode} ${c.dtype}${c.ckpt ? ' ckpt' : ''} seq ${c.seq}: ${paramsM}M parameters (${trainableM}M trained), built in ${((performance.now() - t0) / 1000).toFixed(1)} s`);
+    releasePool();   // the weights' upload staging buffers (and freed f32 copies) that tfjs keeps in its pool, as the trainer drops them
+    resetPeakMemory();
+    let loss = NaN;
+    const m = model, o = opt, scale = c.dtype === 'f16' ? 2 ** 16 : 1;
+    const t = await checked(() => timeSteps(async () => void (loss = await trainStep(m, o, params, c.seq, scale)), STEPS));
+    emit({
+      ...base, params_m: paramsM, trainable_m: trainableM, ms_per_step: round(t.ms), tokens_per_s: round((c.seq / t.ms) * 1000),
+      steps: t.steps, warmup_ms: round(t.warmupMs), peak_gib: toGiB(deviceMemory().peakBytes), f16_copies_gib: toGiB(halfCopyBytes()), loss: round(loss),
+    });
+  } catch (e) {
+    emit({ ...base, error: errorText(e) });
+  } finally {
+    setComputeDtype('float32');
+    opt?.dispose();
+    model?.dispose();
+    releasePool();
+  }
 }
 
 async function modelBench(key: string): Promise<void> {
@@ -306,7 +381,7 @@ async function modelBench(key: string): Promise<void> {
       releasePool();
       resetPeakMemory();
       let loss = NaN;
-      const t = await checked(() => timeSteps(async () => void (loss = await trainStep(m, o, seq)), STEPS));
+      const t = await checked(() => timeSteps(async () => void (loss = await trainStep(m, o, m.namedParameters(), seq)), STEPS));
       emit({
         bench: 'train', ...base, seq, batch: 1, dtype: 'fp32',
         ms_per_step: round(t.ms), tokens_per_s: round((seq / t.ms) * 1000), steps: t.steps, warmup_ms: round(t.warmupMs),
@@ -357,7 +432,8 @@ async function main(): Promise<void> {
       emit({ bench: 'attention', name: 'attention', error: errorText(e) });
     }
   }
-  for (const key of SELECTED) await modelBench(key);
+  if (CASES) for (const c of CASES) await caseBench(c);
+  else for (const key of SELECTED) await modelBench(key);
   console.error(`train-step bench: ${((performance.now() - started) / 1000).toFixed(1)} s on ${device}`);
   await shutdownDevice();
 }

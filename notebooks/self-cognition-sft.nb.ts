@@ -176,7 +176,7 @@ const training_args = new Seq2SeqTrainingArguments({
   dataloader_num_workers: 1,
   // 数据相关的随机种子
   data_seed: data_seed,
-  // 混合精度（教程：bf16）。WGSL 没有 bf16；tsft 目前以 float32 训练并保存（会提示一次），f16 混合精度在开发中
+  // 混合精度（教程：bf16）。WGSL 没有 bf16：在 webgpu 上 tsft 以 f16 混合精度训练（f16 矩阵乘、f32 主权重、动态 loss scaling，会提示一次）；cpu/wasm 上以 float32 训练；保存为 float32
   bf16: !tiny,
   // 设置最大梯度范数，防止梯度爆炸
   max_grad_norm: 1.0,

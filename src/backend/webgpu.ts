@@ -6,8 +6,11 @@
 import * as tf from '@tensorflow/tfjs-core';
 import { DeviceError } from '../errors';
 
-/** Dawn toggles: unsafe APIs (subgroup matrix) and f16 on NVIDIA's Vulkan driver. */
-export const DAWN_TOGGLES = ['enable-dawn-features=allow_unsafe_apis,vulkan_enable_f16_on_nvidia'];
+/**
+ * Dawn toggles: unsafe APIs (subgroup matrix) and f16 on NVIDIA's Vulkan driver; TSFT_DAWN_TOGGLES adds more
+ * (comma list, e.g. `disable_robustness`).
+ */
+export const DAWN_TOGGLES = [`enable-dawn-features=allow_unsafe_apis,vulkan_enable_f16_on_nvidia${process.env.TSFT_DAWN_TOGGLES ? ',' + process.env.TSFT_DAWN_TOGGLES : ''}`];
 
 /** Optional features requested whenever the adapter offers them. */
 export const OPTIONAL_FEATURES = [

@@ -36,7 +36,7 @@ const FLAGS: Flag[] = [
   flag('model_type', 'str', 'from config.json', `one of ${Object.keys(MODEL_TYPES).join(', ')}`),
   flag('use_hf', 'bool', 'false', 'download models and datasets from Hugging Face instead of ModelScope'),
   flag('device', 'str', 'auto', 'webgpu | wasm | cpu | tensorflow | auto'),
-  flag('torch_dtype', 'str', 'float32', 'accepted for ms-swift parity: tfjs trains in float32'),
+  flag('torch_dtype', 'str', 'float32', 'bfloat16/float16 turn on bf16/fp16 training (webgpu: f16 mixed precision; cpu/wasm: float32); weights are kept and saved in float32'),
   // tuner
   flag('train_type', 'str', 'lora', "'lora' (adapters, base frozen) or 'full' (every weight)"),
   flag('lora_rank', 'int', '8', 'LoRA rank r'),
@@ -91,8 +91,8 @@ const FLAGS: Flag[] = [
   flag('dataloader_num_workers', 'int', '1', 'accepted for ms-swift parity (batches are collated in-process)'),
   flag('report_to', 'list', 'tensorboard', "'tensorboard' (events under <run>/runs) or 'none'"),
   flag('resume_from_checkpoint', 'str', 'none', 'a checkpoint folder to resume (same data and arguments): identical losses'),
-  flag('bf16', 'bool', 'false', 'accepted: tfjs trains in float32'),
-  flag('fp16', 'bool', 'false', 'accepted: tfjs trains in float32'),
+  flag('bf16', 'bool', 'false', 'webgpu: f16 mixed precision (WGSL has no bf16) with loss scaling; cpu/wasm: float32'),
+  flag('fp16', 'bool', 'false', 'webgpu: f16 mixed precision with loss scaling; cpu/wasm: float32'),
   flag('max_shard_size', 'str', '5GB', 'split checkpoint weights into shards above this size'),
 ];
 
@@ -175,9 +175,13 @@ export async function run(argv: readonly string[]): Promise<void> {
   fields.metric_for_best_model ??= 'loss';
   const dataSeed = opt('data_seed', 42);
   fields.data_seed = dataSeed;
-  const trainingArgs = new Seq2SeqTrainingArguments(fields);
+  // ms-swift: --torch_dtype bfloat16 / float16 turns on bf16 / fp16 training unless given
   const dtype = opt<string>('torch_dtype', 'float32');
-  if (dtype !== 'float32') logger.warningOnce(`--torch_dtype ${dtype}: tfjs trains in float32; the model is loaded and saved as float32`);
+  if (!['float32', 'bfloat16', 'float16'].includes(dtype)) throw new ConfigError(`--torch_dtype ${dtype}: use float32, bfloat16 or float16`);
+  if (dtype === 'bfloat16' && fields.bf16 === undefined && fields.fp16 === undefined) fields.bf16 = true;
+  if (dtype === 'float16' && fields.bf16 === undefined && fields.fp16 === undefined) fields.fp16 = true;
+  const trainingArgs = new Seq2SeqTrainingArguments(fields);
+  if (dtype !== 'float32') logger.warningOnce(`--torch_dtype ${dtype}: weights load as float32 master copies (half precision runs in the training step's compute) and are saved as float32`);
   seedEverything(seed);
   logger.info(`output_dir: ${outputDir}`);
 

@@ -21,6 +21,10 @@ import { flashAttention, flashAttentionOnGpu } from '../backend/kernels/flash-at
 import { rmsNormFused } from '../backend/kernels/rms-norm';
 import { applyRopeFused } from '../backend/kernels/rope';
 import { siluGateFused } from '../backend/kernels/swiglu';
+import { dropHalfCopy, linearMatmul } from '../backend/kernels/linear';
+import { dropoutFused } from '../backend/kernels/dropout';
+import { toHalf, type HalfTensor } from '../backend/kernels/matmul-f16';
+import { computeDtype } from '../backend/precision';
 
 /** Batch of token ids, one array per row, all rows the same length. */
 export type TokenIds = number[][];
@@ -183,6 +187,8 @@ export class Qwen2ForCausalLM {
   generationConfig: Record<string, unknown> = {};
   /** HF name → variable. lm_head.weight is absent when tied (as transformers' named_parameters). */
   protected readonly params = new Map<string, tf.Variable>();
+  /** frozen projection weights held in f16 only (LoRA's base under mixed precision on webgpu): HF name → f16 */
+  protected readonly halfParams = new Map<string, HalfTensor>();
   /** module name (`model.layers.0.self_attn.q_proj`) → adapter adding to that projection (LoRA) */
   readonly adapters = new Map<string, LinearAdapter>();
   /** recompute each decoder block in backward instead of keeping its activations (training only) */
@@ -229,8 +235,37 @@ export class Qwen2ForCausalLM {
 
   protected w(name: string): tf.Variable {
     const v = this.params.get(name);
-    if (!v) throw new Error(`no parameter ${name}`);
+    if (!v) throw new Error(this.halfParams.has(name) ? `parameter ${name} is held in f16 for training (holdFrozenInHalf); reload the model to read it in float32` : `no parameter ${name}`);
     return v;
+  }
+
+  /**
+   * Holds every frozen projection weight (`*_proj.weight` with trainable false: LoRA's base) in f16 only,
+   * freeing its float32 copy: half the memory, and the f16 matmuls read it directly. Needs webgpu with
+   * computeDtype 'float16' (mixed precision); the values are rounded to f16 (as bf16 checkpoints lose
+   * nothing in range for Qwen's weights, at 3 more mantissa bits). Such weights leave namedParameters();
+   * reload the model to merge or save them. Returns the number of parameters moved.
+   * @example if (mixedPrecision) model.holdFrozenInHalf();
+   */
+  holdFrozenInHalf(): number {
+    if (!decoderUsesFusedKernels() || computeDtype() !== 'float16') {
+      throw new Error('holdFrozenInHalf: frozen weights are held in f16 only on webgpu with computeDtype float16 (mixed precision)');
+    }
+    let moved = 0;
+    for (const [name, v] of [...this.params]) {
+      if (v.trainable || !/_proj\.weight$/.test(name)) continue;
+      this.halfParams.set(name, toHalf(v));
+      dropHalfCopy(v);
+      v.dispose();
+      this.params.delete(name);
+      moved += v.size;
+    }
+    return moved;
+  }
+
+  /** Names of the weights held in f16 only (see holdFrozenInHalf). */
+  halfParameterNames(): string[] {
+    return [...this.halfParams.keys()];
   }
 
   /** The LM head matrix [V, H]: lm_head.weight, or embed_tokens.weight when tied. */
@@ -243,7 +278,15 @@ export class Qwen2ForCausalLM {
    * @example this.proj('model.layers.0.mlp.up_proj', x)
    */
   protected proj(name: string, x: tf.Tensor2D): tf.Tensor2D {
-    const y = linear(x, this.w(name + '.weight'), this.params.get(name + '.bias'));
+    const half = this.halfParams.get(name + '.weight'), bias = this.params.get(name + '.bias');
+    let y: tf.Tensor2D;
+    if (half || decoderUsesFusedKernels()) {
+      // tsft's matmuls (f16 tensor cores under mixed precision, tiled f32 otherwise), dW only when trainable
+      y = linearMatmul(x, half ?? this.w(name + '.weight') as tf.Tensor2D);
+      if (bias) y = tf.add(y, bias) as tf.Tensor2D;
+    } else {
+      y = linear(x, this.w(name + '.weight'), bias);
+    }
     const adapter = this.adapters.get(name);
     return adapter ? tf.add(y, adapter.delta(x, this.dropout)) as tf.Tensor2D : y;
   }
@@ -252,6 +295,7 @@ export class Qwen2ForCausalLM {
   protected readonly dropout = (x: tf.Tensor2D, rate: number): tf.Tensor2D => {
     if (!this.training || !(rate > 0)) return x;
     const rng = this.blockRng ?? this.dropoutRng;
+    if (decoderUsesFusedKernels()) return dropoutFused(x, rate, rng.nextU32());   // mask hashed on the GPU
     const keep = tf.greaterEqual(tf.randomUniform(x.shape, 0, 1, 'float32', rng.nextU32()), rate);
     return tf.mul(x, tf.mul(tf.cast(keep, 'float32'), 1 / (1 - rate))) as tf.Tensor2D;
   };
@@ -425,7 +469,12 @@ export class Qwen2ForCausalLM {
 
   /** Free every parameter's memory. */
   dispose(): void {
-    for (const v of this.params.values()) v.dispose();
+    for (const v of this.params.values()) {
+      dropHalfCopy(v);
+      v.dispose();
+    }
+    for (const h of this.halfParams.values()) h.dispose();
     this.params.clear();
+    this.halfParams.clear();
   }
 }

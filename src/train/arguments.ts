@@ -251,9 +251,7 @@ export class Seq2SeqTrainingArguments implements TrainingArgumentsFields {
   private validate(): void {
     const logger = getLogger();
     if (this.bf16 && this.fp16) throw new ConfigError('Seq2SeqTrainingArguments: bf16 and fp16 are both true; pick one (or neither)');
-    if (this.bf16 || this.fp16) {
-      logger.warningOnce(`${this.bf16 ? 'bf16' : 'fp16'}=true: tfjs has no ${this.bf16 ? 'bfloat16' : 'float16'} training; tsft trains and saves in float32`);
-    }
+    // bf16 / fp16: the trainer picks f16 mixed precision on webgpu, float32 elsewhere, and says which once
     const reports = this.report_to.filter((r) => r !== 'none');
     const unsupported = reports.filter((r) => r !== 'tensorboard' && r !== 'all');
     if (unsupported.length) {

@@ -24,6 +24,8 @@ export const TRAINER_STATE_NAME = 'trainer_state.json';
 export const OPTIMIZER_NAME = 'optimizer.safetensors';
 export const SCHEDULER_NAME = 'scheduler.json';
 export const RNG_STATE_NAME = 'rng_state.json';
+/** GradScaler state under mixed precision (transformers saves torch's as scaler.pt) */
+export const SCALER_NAME = 'scaler.json';
 export const TRAINING_ARGS_NAME = 'training_args.json';
 
 /** Files of a tokenizer folder that travel with a checkpoint (those that exist are copied). */
@@ -74,6 +76,10 @@ export async function saveModel(model: Qwen2ForCausalLM, dir: string,
   if (model.adapters.size > 0) {
     await saveAdapter(model, dir);
   } else {
+    const half = model.halfParameterNames();
+    if (half.length) {
+      throw new CheckpointError(`saveModel: ${half.length} weights (${half[0]}, …) are held in f16 for LoRA training (holdFrozenInHalf) and the adapters are gone; reload the base model in float32 to save it`);
+    }
     const tensors = new Map<string, { shape: number[]; data: Float32Array }>();
     for (const [name, v] of model.namedParameters()) tensors.set(name, { shape: v.shape, data: (await v.data()) as Float32Array });
     await saveCheckpointTensors(dir, tensors, { dtype: 'F32', maxShardSize: opts.maxShardSize });

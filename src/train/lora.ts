@@ -13,6 +13,7 @@ import * as path from 'path';
 import * as tf from '@tensorflow/tfjs-core';
 import type { LinearAdapter, Qwen2ForCausalLM } from '../model/qwen2';
 import { readSafetensors, writeFileAtomic, writeSafetensors } from '../model/safetensors';
+import { linearMatmul } from '../backend/kernels/linear';
 import { CheckpointError, ConfigError } from '../errors';
 import { globalRandom, type Random } from '../utils/seed';
 import { getLogger } from '../utils/logger';
@@ -52,8 +53,9 @@ export class LoraLinear implements LinearAdapter {
   ) {}
 
   delta(x: tf.Tensor2D, dropout: (x: tf.Tensor2D, rate: number) => tf.Tensor2D): tf.Tensor2D {
-    const xa = tf.matMul(dropout(x, this.dropoutRate), this.A, false, true);             // [N, r]
-    return tf.mul(tf.matMul(xa, this.B, false, true), this.scale) as tf.Tensor2D;        // [N, out]
+    // linearMatmul: tsft's matmuls on webgpu (stock tfjs is very slow on these skinny [N, r] shapes), tf.matMul elsewhere
+    const xa = linearMatmul(dropout(x, this.dropoutRate), this.A as tf.Tensor2D);         // [N, r]
+    return tf.mul(linearMatmul(xa, this.B as tf.Tensor2D), this.scale) as tf.Tensor2D;    // [N, out]
   }
 
   variables(): tf.Variable[] {

@@ -7,6 +7,7 @@ import * as tf from '@tensorflow/tfjs-core';
 import { kernelPath, type KernelPath } from '../backend/fused';
 import { CpuAdamW } from '../backend/cpu/index';
 import { adamwStepFused, globalGradNorm, type AdamWSlot } from '../backend/kernels/adamw';
+import { markWeightsChanged } from '../backend/kernels/linear';
 
 export interface AdamWOptions {
   beta1: number;
@@ -44,6 +45,17 @@ export async function globalNorm(grads: Iterable<tf.Tensor>): Promise<number> {
   let total = 0;
   for (const p of parts) total += p;
   return Math.sqrt(total);
+}
+
+/**
+ * Divide gradients by the loss scale (GradScaler.unscale_): each entry of `grads` is replaced by g·inverseScale
+ * (the old tensor disposed). An overflowed gradient stays inf/NaN, so the global norm finds it.
+ */
+export function unscaleGradients(grads: Map<string, tf.Tensor>, inverseScale: number): void {
+  for (const [k, g] of grads) {
+    grads.set(k, tf.mul(g, inverseScale));
+    g.dispose();
+  }
 }
 
 /** Scale gradients in place so their global norm is at most maxNorm (coef = maxNorm / (norm + 1e-6), clamped to 1). */
@@ -90,8 +102,11 @@ export class AdamW {
    * step count does not advance). Clipping may replace entries of `grads` (disposing the old tensors):
    * what the map holds afterwards is the caller's to dispose.
    */
-  async clipAndStep(grads: Map<string, tf.Tensor>, lr: number, maxGradNorm: number): Promise<number> {
+  async clipAndStep(grads: Map<string, tf.Tensor>, lr: number, maxGradNorm: number, opts: { inverseScale?: number } = {}): Promise<number> {
     const clip = maxGradNorm > 0 ? maxGradNorm : undefined;
+    const inv = opts.inverseScale ?? 1;
+    if (!(inv > 0)) throw new RangeError(`clipAndStep: inverseScale must be > 0, got ${inv}`);
+    if (inv !== 1) unscaleGradients(grads, inv);
     if (this.cpu) return this.cpuStep(grads, lr, true, clip);
     if (this.path === 'webgpu') {
       const slots: AdamWSlot[] = [];
@@ -106,6 +121,7 @@ export class AdamW {
         this.stepCount++;
         const { beta1, beta2, eps, weightDecay } = this.opts;
         adamwStepFused(slots, { lr, beta1, beta2, eps, weightDecay, step: this.stepCount }, clipCoef);
+        markWeightsChanged();
         return n;
       } finally {
         tf.dispose([norm, clipCoef]);
@@ -145,6 +161,7 @@ export class AdamW {
         v.assign(v1);
       });
     }
+    markWeightsChanged();
   }
 
   /**

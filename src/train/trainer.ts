@@ -14,17 +14,21 @@ import type { Qwen2ForCausalLM } from '../model/qwen2';
 import type { Batch, Template } from '../data/template';
 import { loadCheckpointTensors, readSafetensors, writeSafetensors } from '../model/safetensors';
 import { deviceMemory, resetPeakMemory, toGiB } from '../backend/memory';
+import { checkTrainingFits, estimateTrainingBytes, releasePooledGpuBuffers } from '../backend/memory-guard';
 import { CheckpointError, ConfigError } from '../errors';
 import { getLogger } from '../utils/logger';
 import { Random } from '../utils/seed';
 import { Seq2SeqTrainingArguments, resolveSteps } from './arguments';
 import { AdamW } from './optimizer';
+import { GradScaler, type GradScalerState } from './grad-scaler';
+import { kernelPath } from '../backend/fused';
+import { computeDtype, setComputeDtype } from '../backend/precision';
 import { LRScheduler, warmupSteps, type SchedulerState } from './scheduler';
 import { SummaryWriter } from './tensorboard';
 import { ProgressBar, appendJsonl, formatTime, pyDict, round } from './logging';
 import { LoraLinear, loraParameters } from './lora';
 import {
-  CHECKPOINT_PREFIX, OPTIMIZER_NAME, RNG_STATE_NAME, SCHEDULER_NAME, TRAINER_STATE_NAME, TRAINING_ARGS_NAME,
+  CHECKPOINT_PREFIX, OPTIMIZER_NAME, RNG_STATE_NAME, SCALER_NAME, SCHEDULER_NAME, TRAINER_STATE_NAME, TRAINING_ARGS_NAME,
   cleanStaleTemp, getLastCheckpoint, readJsonFile, rotateCheckpoints, saveModel, writeCheckpointDir, writeJsonAtomic,
 } from './checkpoint';
 
@@ -139,6 +143,8 @@ export class Seq2SeqTrainer {
   private tb: SummaryWriter | null = null;
   private startTime = 0;
   private maxMemory = 0;
+  /** dynamic loss scaling while training in f16 mixed precision (null in float32) */
+  private scaler: GradScaler | null = null;
 
   constructor(opts: Seq2SeqTrainerOptions) {
     const { model, args, trainDataset, evalDataset = null, template } = opts;
@@ -182,6 +188,59 @@ export class Seq2SeqTrainer {
       evalEvery: resolveSteps(a.eval_steps ?? a.logging_steps, maxSteps),
       saveEvery: resolveSteps(a.save_steps, maxSteps),
     };
+  }
+
+  /**
+   * bf16 / fp16 on webgpu: f16 mixed precision (computeDtype 'float16', said once), a GradScaler, and LoRA's
+   * frozen base projections held in f16 only. On other backends the flags train in float32 (said once).
+   * Returns the scaler, or null when training in float32.
+   */
+  private mixedPrecision(): GradScaler | null {
+    const { args, model } = this, logger = getLogger();
+    if (!args.bf16 && !args.fp16) return null;
+    const flag = args.bf16 ? 'bf16' : 'fp16';
+    if (kernelPath() !== 'webgpu') {
+      logger.warningOnce(`${flag}=true: the ${tf.getBackend()} backend has no half-precision training; tsft trains and saves in float32`);
+      return null;
+    }
+    setComputeDtype('float16');
+    logger.warningOnce(`${flag}=true on webgpu: ${args.bf16 ? 'WGSL has no bfloat16, so ' : ''}tsft trains in f16 mixed precision ` +
+      '(f16 matmuls and attention with f32 accumulation; f32 master weights, gradients and AdamW state; dynamic loss scaling from 2^16); checkpoints are saved in float32');
+    if (model.adapters.size > 0 && model.halfParameterNames().length === 0) {
+      const moved = model.holdFrozenInHalf();
+      if (moved) logger.info(`LoRA: the frozen base's ${moved.toLocaleString('en-US')} projection parameters are held in f16 (half the memory)`);
+    }
+    return new GradScaler();
+  }
+
+  /**
+   * webgpu: gives back the buffers tfjs pooled while loading (upload staging, f32 weights moved to f16),
+   * then the pre-flight estimate: a DeviceMemoryError before training when the exactly known part
+   * (weights, gradients, AdamW state) cannot fit the GPU, a warning when the estimate with activations
+   * is over (the estimate of activations is fitted on small models; the allocation guard stops an actual
+   * overrun with the same kind of error, never a driver crash).
+   */
+  private checkMemory(params: Map<string, tf.Variable>): void {
+    const { args, model } = this, logger = getLogger();
+    releasePooledGpuBuffers();
+    const budget = deviceMemory().budgetBytes;
+    if (budget === undefined) return;
+    let seqLen = 0;
+    for (let i = 0; i < this.trainDataset.length; i++) seqLen = Math.max(seqLen, this.trainDataset[i].input_ids.length);
+    const lora = model.adapters.size > 0;
+    const opts = {
+      config: model.config, trainType: lora ? 'lora' as const : 'full' as const,
+      loraParams: lora ? [...params.values()].reduce((a, v) => a + v.size, 0) : undefined,
+      seqLen: Math.max(seqLen, 1), batch: args.per_device_train_batch_size, gradientCheckpointing: args.gradient_checkpointing,
+      computeDtype: computeDtype(), optimizer: 'adamw' as const,
+    };
+    const e = estimateTrainingBytes(opts);
+    if (e.weights + e.grads + e.optimizer > budget) checkTrainingFits({ ...opts, budgetBytes: budget });   // throws, with the breakdown and what to change
+    if (e.total > budget) {
+      logger.warning(`GPU memory: this run may need about ${toGiB(e.total)} GiB (weights ${toGiB(e.weights)}, gradients ${toGiB(e.grads)}, ` +
+        `AdamW ${toGiB(e.optimizer)}, activations ~${toGiB(e.activations)}) of ${toGiB(budget)} GiB; if it runs out, training stops with a ` +
+        'DeviceMemoryError naming what to change (--gradient_checkpointing true, --train_type lora, --bf16 true, lower --max_length)');
+    }
   }
 
   private freshState(p: Plan): TrainerState {
@@ -234,8 +293,15 @@ export class Seq2SeqTrainer {
     const stale = await cleanStaleTemp(args.output_dir);
     if (stale.length) logger.info(`removed ${stale.length} unfinished checkpoint folder(s) a killed run left: ${stale.join(', ')}`);
 
+    // Precision: bf16/fp16 on webgpu train in f16 mixed precision (WGSL has no bf16): f16 matmuls and
+    // attention with f32 accumulation, f32 master weights, gradients and AdamW state, dynamic loss scaling.
+    const dtypeBefore = computeDtype();
+    const scaler = this.mixedPrecision();
+    this.scaler = scaler;
+
     // What is trained, and how.
     const params = this.trainableParameters();
+    if (tf.getBackend() === 'webgpu') this.checkMemory(params);
     const tfName = new Map([...params].map(([n, v]) => [v.name, n]));
     const varList = [...params.values()];
     const optimizer = new AdamW(params, { beta1: args.adam_beta1, beta2: args.adam_beta2, eps: args.adam_epsilon, weightDecay: args.weight_decay });
@@ -281,17 +347,18 @@ export class Seq2SeqTrainer {
           let stepLoss = 0;
           for (const b of micro) {
             let accT: tf.Tensor | null = null;
+            const lossScale = scaler?.scale ?? 1;   // the scaled loss keeps small f16 gradients from flushing to zero
             const { value, grads: g } = tf.variableGrads(() => {
               const out = model.loss(b.input_ids, b.labels, { attentionMask: b.attention_mask, reduction: 'sum' });
               accT = tf.keep(tf.mul(out.tokenAcc, out.numTokens));
-              return tf.div(out.loss, Math.max(nTokens, 1)) as tf.Scalar;
+              return tf.mul(out.loss, lossScale / Math.max(nTokens, 1)) as tf.Scalar;
             }, varList);
             for (const [vn, gv] of Object.entries(g)) {
               const name = tfName.get(vn)!, prev = grads.get(name);
               grads.set(name, prev ? tf.add(prev, gv) : gv);
               if (prev) { prev.dispose(); gv.dispose(); }
             }
-            stepLoss += (await value.data())[0];
+            stepLoss += (await value.data())[0] / lossScale;
             correct += (await accT!.data())[0];
             tf.dispose([value, accT!]);
           }
@@ -300,8 +367,12 @@ export class Seq2SeqTrainer {
 
           // Clip and step (the backend's fused kernels): grad_norm is the norm before clipping; a NaN/Inf norm skips the update.
           deviceMemory();
-          const gradNorm = await optimizer.clipAndStep(grads, scheduler.lr, args.max_grad_norm);
-          if (!Number.isFinite(gradNorm)) {
+          const gradNorm = await optimizer.clipAndStep(grads, scheduler.lr, args.max_grad_norm, { inverseScale: scaler?.inverseScale ?? 1 });
+          if (scaler) {
+            const before = scaler.scale, event = scaler.update(gradNorm);
+            if (event.skipped) logger.warning(`step ${this.state.global_step + 1}: f16 gradients overflowed (grad_norm ${gradNorm}) at loss scale ${before}; update skipped, loss scale → ${event.scale}`);
+            else if (event.change === 'growth') logger.info(`step ${this.state.global_step + 1}: ${scaler.growthInterval} clean steps; loss scale → ${event.scale}`);
+          } else if (!Number.isFinite(gradNorm)) {
             logger.warning(`step ${this.state.global_step + 1}: gradient norm is ${gradNorm}; skipping this update (the learning-rate schedule still advances)`);
           }
           tf.dispose([...grads.values()]);
@@ -320,7 +391,7 @@ export class Seq2SeqTrainer {
           if ((step === 1 && args.logging_first_step) || step % plan.logEvery === 0) {
             await this.log({
               loss: trLoss / (step - lastLogged), grad_norm: lastGradNorm, learning_rate: scheduler.lr,
-              token_acc: counted ? correct / counted : 0,
+              token_acc: counted ? correct / counted : 0, ...(scaler ? { loss_scale: scaler.scale } : {}),
             });
             trLoss = 0; correct = 0; counted = 0; lastLogged = step;
           }
@@ -340,6 +411,7 @@ export class Seq2SeqTrainer {
       model.train(wasTraining);
       model.gradientCheckpointing = wasCheckpointing;
       model.dropoutRng = oldRng;
+      setComputeDtype(dtypeBefore);
     }
 
     // The summary transformers logs at the end.
@@ -457,6 +529,7 @@ export class Seq2SeqTrainer {
         });
         await writeJsonAtomic(path.join(tmp, SCHEDULER_NAME), scheduler.stateDict());
         await writeJsonAtomic(path.join(tmp, RNG_STATE_NAME), { trainer: rng.getState(), global: null });
+        if (this.scaler) await writeJsonAtomic(path.join(tmp, SCALER_NAME), this.scaler.stateDict());
       }
       await writeJsonAtomic(path.join(tmp, TRAINING_ARGS_NAME), args.toJSON());
       for (const [file, obj] of Object.entries(this.checkpointFiles)) await writeJsonAtomic(path.join(tmp, file), obj, false);
@@ -501,6 +574,8 @@ export class Seq2SeqTrainer {
       if (missing.length) throw new CheckpointError(`${optFile} lacks the state of ${missing.length} parameter(s) (${missing.slice(0, 3).join(', ')}…): it was saved for other trainable parameters`);
       scheduler.loadStateDict(readJsonFile<SchedulerState>(path.join(dir, SCHEDULER_NAME), 'the scheduler state'));
       rng.setState(readJsonFile<{ trainer: number[] }>(path.join(dir, RNG_STATE_NAME), 'the RNG state').trainer);
+      const scalerFile = path.join(dir, SCALER_NAME);
+      if (this.scaler && fs.existsSync(scalerFile)) this.scaler.loadStateDict(readJsonFile<GradScalerState>(scalerFile, 'the loss scaler state'));
     } else {
       logger.warning(`${dir} has no optimizer state (save_only_model): resuming with fresh AdamW moments, so losses will differ from an uninterrupted run`);
       scheduler.lastEpoch = saved.global_step;

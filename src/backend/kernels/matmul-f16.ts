@@ -30,6 +30,7 @@
 // no f16 dtype), so tfjs owns and frees the memory. {@link matMulF16} is the tfjs-level entry point.
 
 import * as tf from '@tensorflow/tfjs-core';
+import { currentDevice, getGpuAdapterInfo } from '../device';
 import { ElementwiseProgram, onWebGpu, runProgram, sizeOf, uninitialised, webgpuBackend, type LayoutA, type LayoutB, pipelineFor } from './program';
 
 // ---------------------------------------------------------------------------------------------------
@@ -594,8 +595,20 @@ function bufferOf(t: tf.Tensor): GPUBuffer {
 
 type Operand = tf.Tensor | HalfTensor;
 
-/** The adapter info Dawn hangs on a device (`GPUDevice.adapterInfo`), if any. */
+/**
+ * The adapter's info for `device`: the one initDevice kept (GPUAdapter.info, which lists Dawn's
+ * subgroupMatrixConfigs), else what Dawn hangs on the device (`GPUDevice.adapterInfo`, whose config list
+ * came back empty on the H100 — reading it made every f16 matmul take the SIMT fallback).
+ */
 function deviceAdapterInfo(device: GPUDevice): GPUAdapterInfo | undefined {
+  const session = currentDevice();
+  if (session?.gpuDevice === device) {
+    try {
+      return getGpuAdapterInfo();
+    } catch {
+      // no session info: fall through
+    }
+  }
   return (device as unknown as { adapterInfo?: GPUAdapterInfo }).adapterInfo;
 }
 

@@ -4,6 +4,7 @@
 //   backend     cross-entropy                                   AdamW + clip
 //   wasm, cpu   'cpu'    src/backend/cpu (wasm SIMD, all cores)  CpuAdamW (moments in the kernels' memory)
 //   webgpu      'webgpu' src/backend/kernels/cross-entropy.ts    src/backend/kernels/adamw.ts
+//                        (f32; computeDtype 'float16': f16 tensor-core matmuls, crossEntropyFromHiddenF16)
 //   other       'ops'    plain tfjs ops                          plain tfjs ops (src/train/optimizer.ts)
 //
 // All three compute the same numbers (tests/model.test.ts and tests/train.test.ts run on each path).
@@ -11,7 +12,9 @@
 
 import * as tf from '@tensorflow/tfjs-core';
 import { cpuCrossEntropy } from './cpu/index';
-import { crossEntropyFromHidden, crossEntropyStock } from './kernels/cross-entropy';
+import { crossEntropyFromHidden, crossEntropyFromHiddenF16, crossEntropyStock } from './kernels/cross-entropy';
+import type { HalfTensor } from './kernels/matmul-f16';
+import { computeDtype } from './precision';
 import { ConfigError } from '../errors';
 
 /** 'cpu': the wasm-SIMD kernels; 'webgpu': the WGSL kernels; 'ops': plain tfjs ops. */
@@ -73,10 +76,19 @@ function lmHeadLossOps(hidden: tf.Tensor2D, weight: tf.Tensor2D, targets: readon
   return { loss, correct };
 }
 
+/** Mixed-precision options of {@link lmHeadCrossEntropy} (used when computeDtype() is 'float16' on webgpu). */
+export interface LmHeadLossOptions {
+  /** the LM head's f16 copy the caller keeps (matmul-f16.ts's HalfTensor); else one is made per call */
+  weightHalf?: HalfTensor;
+  /** false when the LM head is frozen (LoRA's tied embedding): no dW matmul; default true */
+  weightGrad?: boolean;
+}
+
 /**
  * Token cross-entropy of `hidden · weightᵀ` against `targets` on the current kernel path, with the
  * argmax-correct count: the LM head's loss without materialising the [N, V] logits on the fast paths.
- * Differentiable w.r.t. hidden and weight (tf.variableGrads / tf.grads flow through it).
+ * Differentiable w.r.t. hidden and weight (tf.variableGrads / tf.grads flow through it). On webgpu under
+ * computeDtype 'float16' the three matmuls run on f16 tensor cores (f32 accumulation, f32 gradients).
  *
  * @param hidden [N, H] float32: hidden states of the labelled positions
  * @param weight [V, H] float32: the LM head (or the tied embedding)
@@ -84,7 +96,13 @@ function lmHeadLossOps(hidden: tf.Tensor2D, weight: tf.Tensor2D, targets: readon
  * @example
  *   const { loss, correct } = lmHeadCrossEntropy(h, lmHead, [785, 220], 'mean');
  */
-export function lmHeadCrossEntropy(hidden: tf.Tensor2D, weight: tf.Tensor2D, targets: readonly number[], reduction: 'mean' | 'sum' = 'mean'): LmHeadLoss {
+export function lmHeadCrossEntropy(
+  hidden: tf.Tensor2D,
+  weight: tf.Tensor2D,
+  targets: readonly number[],
+  reduction: 'mean' | 'sum' = 'mean',
+  opts: LmHeadLossOptions = {},
+): LmHeadLoss {
   const sum = reduction === 'sum';
   switch (kernelPath()) {
     case 'cpu': {
@@ -92,7 +110,10 @@ export function lmHeadCrossEntropy(hidden: tf.Tensor2D, weight: tf.Tensor2D, tar
       return { loss, correct };
     }
     case 'webgpu': {
-      const { loss, correct } = crossEntropyFromHidden(hidden, weight, tf.tensor1d([...targets], 'int32'), { reduction });
+      const t = tf.tensor1d([...targets], 'int32');
+      const { loss, correct } = computeDtype() === 'float16'
+        ? crossEntropyFromHiddenF16(hidden, weight, t, { reduction, weightHalf: opts.weightHalf, weightGrad: opts.weightGrad })
+        : crossEntropyFromHidden(hidden, weight, t, { reduction });
       return { loss: loss as tf.Scalar, correct };
     }
     default:

@@ -21,7 +21,7 @@ import { flashAttention, flashAttentionOnGpu } from '../backend/kernels/flash-at
 import { rmsNormFused } from '../backend/kernels/rms-norm';
 import { applyRopeFused } from '../backend/kernels/rope';
 import { siluGateFused } from '../backend/kernels/swiglu';
-import { dropHalfCopy, linearMatmul } from '../backend/kernels/linear';
+import { dropHalfCopy, halfOf, linearMatmul } from '../backend/kernels/linear';
 import { dropoutFused } from '../backend/kernels/dropout';
 import { toHalf, type HalfTensor } from '../backend/kernels/matmul-f16';
 import { computeDtype } from '../backend/precision';
@@ -221,8 +221,12 @@ export class Qwen2ForCausalLM {
         }
         data = w.data;
       }
-      // tfjs variable names are global: keep the HF name as the key, make the tfjs name unique
-      this.params.set(name, tf.variable(tf.tensor(data, shape, 'float32'), true, `m${id}/${name}`));
+      // tfjs variable names are global: keep the HF name as the key, make the tfjs name unique. The
+      // variable shares the tensor's data: dispose the tensor, or the data outlives the variable (and is
+      // counted twice meanwhile)
+      const t = tf.tensor(data, shape, 'float32');
+      this.params.set(name, tf.variable(t, true, `m${id}/${name}`));
+      t.dispose();
     }
     this.modelInfo = { modelType: config.modelType, modelDir: null, dtype: config.dtype, maxModelLen: config.maxPositionEmbeddings, config: config.json };
     this.modelMeta = { modelType: config.modelType, template: config.modelType === 'qwen3' ? 'qwen3' : 'qwen2_5' };
@@ -463,7 +467,10 @@ export class Qwen2ForCausalLM {
     }
     const N = rows.length;
     // the backend's fused kernel (src/backend/fused.ts): wasm-SIMD on wasm/cpu, WGSL on webgpu, else tfjs ops
-    const { loss, correct } = lmHeadCrossEntropy(tf.gather(h, rows), this.lmHead(), targets, opts.reduction ?? 'mean'); // h rows: [N, H]
+    // mixed precision: the head's f16 copy (cached while frozen, as under LoRA) and no dW for a frozen head
+    const W = this.lmHead(), trainable = (W as tf.Variable).trainable === true;
+    const half = computeDtype() === 'float16' && decoderUsesFusedKernels() && !trainable ? halfOf(W) : undefined;
+    const { loss, correct } = lmHeadCrossEntropy(tf.gather(h, rows), W, targets, opts.reduction ?? 'mean', { weightHalf: half, weightGrad: trainable }); // h rows: [N, H]
     return { loss, tokenAcc: tf.div(correct, N) as tf.Scalar, numTokens: N };
   }
 

@@ -14,6 +14,7 @@ import * as tf from '@tensorflow/tfjs-core';
 import type { LinearAdapter, Qwen2ForCausalLM } from '../model/qwen2';
 import { readSafetensors, writeFileAtomic, writeSafetensors } from '../model/safetensors';
 import { linearMatmul } from '../backend/kernels/linear';
+import { parameterShapes } from '../model/config';
 import { CheckpointError, ConfigError } from '../errors';
 import { globalRandom, type Random } from '../utils/seed';
 import { getLogger } from '../utils/logger';
@@ -75,7 +76,8 @@ export class LoraLinear implements LinearAdapter {
 
 /** Module names of every linear layer but lm_head (`model.layers.0.self_attn.q_proj`, …), in model order. */
 export function linearModules(model: Qwen2ForCausalLM): string[] {
-  return [...model.namedParameters().keys()].filter((n) => /_proj\.weight$/.test(n)).map((n) => n.slice(0, -'.weight'.length));
+  // from the config's parameter list: weights held in f16 (holdFrozenInHalf) are not in namedParameters()
+  return [...parameterShapes(model.config).keys()].filter((n) => /_proj\.weight$/.test(n)).map((n) => n.slice(0, -'.weight'.length));
 }
 
 /**
@@ -123,6 +125,8 @@ function attach(model: Qwen2ForCausalLM, module: string, A: tf.Tensor, B: tf.Ten
   const id = adapterCounter++;
   const a = tf.variable(A, true, `lora${id}/${module}.lora_A`);
   const b = tf.variable(B, true, `lora${id}/${module}.lora_B`);
+  A.dispose();   // the variables share A's and B's data: drop these handles so disposing the variables frees it
+  B.dispose();
   model.adapters.set(module, new LoraLinear(a, b, scale, dropout));
 }
 

@@ -90,9 +90,15 @@ export class AdamW {
       this.cpu = new CpuAdamW({ beta1: opts.beta1, beta2: opts.beta2, eps: opts.eps, weightDecay: opts.weightDecay });
       return;
     }
+    // a variable shares its initial tensor's data: dispose the zeros, or dispose() would leave it allocated
+    const zeroVariable = (p: tf.Tensor) => {
+      const z = tf.zerosLike(p), v = tf.variable(z, false);
+      z.dispose();
+      return v;
+    };
     for (const [name, p] of params) {
-      this.expAvg.set(name, tf.variable(tf.zerosLike(p), false));
-      this.expAvgSq.set(name, tf.variable(tf.zerosLike(p), false));
+      this.expAvg.set(name, zeroVariable(p));
+      this.expAvgSq.set(name, zeroVariable(p));
     }
   }
 

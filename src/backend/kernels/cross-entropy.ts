@@ -1,11 +1,24 @@
-// Cross-entropy straight from hidden states: token losses of hidden rows [N, H] against the LM head
-// [V, H] and targets [N], without ever keeping the [N, V] logits. Forward: a tiled matmul whose epilogue
-// reduces each 128-column tile of logits to (max, Σexp, argmax, target logit) per row, then one
-// workgroup per row merges the tiles (online log-sum-exp). Backward (tf.customGrad) walks the vocabulary
-// in chunks: recompute the chunk's logits with the softmax gradient fused into the epilogue
-// (D = (softmax − onehot)·dy, [N, C]), then dHidden += D·W_chunk and dW_chunk = Dᵀ·hidden, written in
-// place into dW. Elsewhere than webgpu: the same math in tfjs ops (as Qwen2ForCausalLM.loss).
-// FLOPs, forward + backward: 4·2·N·H·V (one matmul forward, three backward).
+// Cross-entropy kernels for the LM head (issue 7) and its mixed-precision form (issue 8).
+//
+// 1. From hidden states, fp32 (crossEntropyFromHidden): token losses of hidden rows [N, H] against the LM
+//    head [V, H] and targets [N], without ever keeping the [N, V] logits. Forward: a tiled matmul whose
+//    epilogue reduces each 128-column tile of logits to (max, Σexp, argmax, target logit) per row, then one
+//    workgroup per row merges the tiles (online log-sum-exp). Backward (tf.customGrad) walks the vocabulary
+//    in chunks: recompute the chunk's logits with the softmax gradient fused into the epilogue
+//    (D = (softmax − onehot)·dy, [N, C]), then dHidden += D·W_chunk and dW_chunk = Dᵀ·hidden, written in
+//    place into dW. Elsewhere than webgpu: the same math in tfjs ops (as Qwen2ForCausalLM.loss).
+//    FLOPs, forward + backward: 4·2·N·H·V (one matmul forward, three backward).
+// 2. Over logits (crossEntropyLogits): logits [N, V] f32 and labels [N] (ignore_index -100) → loss (mean
+//    over the labelled rows, sum, or per row) and the argmax-correct count, as a tfjs op with gradient.
+//    Two bandwidth-bound row kernels: CeLogitsStatsProgram reads each row once (online log-sum-exp, argmax,
+//    label logit), CeLogitsGradProgram reads it again and writes (softmax − onehot)·scale — as f32, or as
+//    f16 halves packed two per int32 (a HalfTensor for the f16 matmuls).
+// 3. From hidden states under mixed precision (crossEntropyFromHiddenF16, computeDtype 'float16' on
+//    webgpu): token chunks of logits = h·Wᵀ on matMulF16 (f16 operands, f32 out), the row kernels of 2 on
+//    each chunk writing G = (softmax − onehot)·2^15 in f16, then dH = G·W and dW = Gᵀ·h on matMulF16 — all in
+//    the forward when a gradient tape is recording (as Liger's fused linear cross-entropy: 3 matmuls, no
+//    recompute); the backward only scales dH, dW by dy·2^-15 (/ labelled rows for 'mean') in f32.
+//    FLOPs, forward + backward: 3·2·N·H·V.
 
 import * as tf from '@tensorflow/tfjs-core';
 import '../gradients';
@@ -27,7 +40,9 @@ import {
   type MatmulDims,
   type MatmulEpilogueContext,
   type MatmulTile,
+  type Uniform,
 } from './program';
+import { HalfTensor, matMulF16, toHalf, type SgTile } from './matmul-f16';
 
 export interface CrossEntropyOptions {
   /** 'mean' (default): mean token loss; 'sum'; 'none': the [N] token losses */
@@ -310,4 +325,522 @@ export function crossEntropyFromHidden(
   }));
   stats.dispose();
   return out;
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Cross-entropy over logits [N, V]: two row kernels, one workgroup of CE_WG threads per row. Rows whose
+// vocabulary is a multiple of 4 are read as vec4s (16-byte loads; f32 gradients written as vec4s, f16
+// ones as pairs of packed words); other vocabularies element by element (an f16 gradient then needs V even:
+// a packed word must not straddle two rows).
+
+/** Threads per row. */
+const CE_WG = 256;
+/** vec4 loads each thread issues before using them (memory-level parallelism of the row kernels). */
+const CE_UNROLL = 4;
+const range = (n: number) => Array.from({ length: n }, (_, i) => i);
+
+/** Label of a row that takes no part in the loss (PyTorch's default ignore_index). */
+export const IGNORE_INDEX = -100;
+
+/** The constant G = (softmax − onehot)·2^15 is written with in f16 (|G| ≤ 2^15 < 65504: never overflows). */
+const HALF_GRAD_SCALE = 2 ** 15;
+
+/**
+ * Per row of logits [rows, V] (row r's label at Labels[labelOff + r]): result [4, rows] = (token loss,
+ * log-sum-exp, 1 if argmax = label else 0, 1 if the row is labelled else 0). A row labelled -100 has
+ * loss 0 and counts 0; a label outside [0, V) otherwise gives loss NaN (PyTorch raises). Argmax ties go
+ * to the lowest index (as tf.argMax).
+ */
+class CeLogitsStatsProgram extends GroupedProgram {
+  override uniforms = 'rows : i32, V : i32, labelOff : i32,';
+  variableComponents: number[];
+
+  constructor(rows: number, readonly vec: boolean) {
+    super(['Logits', 'Labels'], [4, rows], `tsft_ce_logits_stats_${vec ? 'v4' : 's'}_${CE_WG}_u${CE_UNROLL}`, rows, CE_WG);
+    this.variableComponents = [vec ? 4 : 1, 1];
+  }
+
+  getUserCode(): string {
+    const scan = this.vec
+      ? `
+      let n4 = uniforms.V / 4;
+      let base = row * n4;
+      var j = tid;
+      // ${CE_UNROLL} loads in flight per thread, then one online update over their ${4 * CE_UNROLL} values
+      for (; j + ${(CE_UNROLL - 1) * CE_WG} < n4; j = j + ${CE_UNROLL * CE_WG}) {
+        ${range(CE_UNROLL).map((u) => `let x${u} = Logits[base + j + ${u * CE_WG}];`).join('\n        ')}
+        ${range(CE_UNROLL).map((u) => `let m${u} = max(max(x${u}.x, x${u}.y), max(x${u}.z, x${u}.w));`).join('\n        ')}
+        let mx = ${range(CE_UNROLL).map((u) => `m${u}`).reduce((a, b) => `max(${a}, ${b})`)};
+        if (mx > m) {
+          s = s * exp(m - mx);
+          m = mx;
+          // the first (lowest-column) load holding the maximum
+          var jb = j + ${(CE_UNROLL - 1) * CE_WG};
+          var xb = x${CE_UNROLL - 1};
+          ${range(CE_UNROLL - 1).reverse().map((u) => `if (m${u} == mx) { jb = j + ${u * CE_WG}; xb = x${u}; }`).join('\n          ')}
+          arg = 4 * jb + ceFirstLane(xb, mx);
+        }
+        let mm = vec4<f32>(m);
+        let e = ${range(CE_UNROLL).map((u) => `exp(x${u} - mm)`).join(' + ')};
+        s = s + (e.x + e.y) + (e.z + e.w);
+      }
+      for (; j < n4; j = j + ${CE_WG}) {
+        let x = Logits[base + j];
+        let mx = max(max(x.x, x.y), max(x.z, x.w));
+        if (mx > m) {
+          s = s * exp(m - mx);
+          m = mx;
+          arg = 4 * j + ceFirstLane(x, mx);
+        }
+        let e = exp(x - vec4<f32>(m));
+        s = s + (e.x + e.y) + (e.z + e.w);
+      }`
+      : `
+      let base = row * uniforms.V;
+      for (var j = tid; j < uniforms.V; j = j + ${CE_WG}) {
+        let x = Logits[base + j];
+        if (x > m) {
+          s = s * exp(m - x);
+          m = x;
+          arg = j;
+        }
+        s = s + exp(x - m);
+      }`;
+    const logitAt = this.vec ? 'Logits[row * (uniforms.V / 4) + t / 4][t % 4]' : 'Logits[row * uniforms.V + t]';
+    return `
+    var<workgroup> ceRed : array<vec3<f32>, ${CE_WG}>;
+    ${MERGE_WGSL}
+    fn ceFirstLane(x : vec4<f32>, mx : f32) -> i32 {
+      return select(select(select(3, 2, x.z == mx), 1, x.y == mx), 0, x.x == mx);
+    }
+    fn main() {
+      let row = ${FLAT_WORKGROUP};
+      let tid = i32(localIndex);
+      let live = row < uniforms.rows;
+      var m = ${NO_LOGIT};
+      var s = 0.0;
+      var arg = 0;
+      if (live) {${scan}
+      }
+      ceRed[tid] = vec3<f32>(m, s, f32(arg));
+      workgroupBarrier();
+      for (var w = ${CE_WG / 2}; w > 0; w = w / 2) {
+        if (tid < w) { ceRed[tid] = ceMerge(ceRed[tid], ceRed[tid + w]); }
+        workgroupBarrier();
+      }
+      if (tid == 0 && live) {
+        let total = ceRed[0];
+        let t = Labels[uniforms.labelOff + row];
+        let lse = total.x + log(total.y);
+        var loss = 0.0;
+        var hit = 0.0;
+        var counted = 0.0;
+        if (t != ${IGNORE_INDEX}) {
+          counted = 1.0;
+          if (t >= 0 && t < uniforms.V) {
+            loss = lse - ${logitAt};
+            hit = select(0.0, 1.0, i32(total.z) == t);
+          } else {
+            loss = uniforms.NAN;
+          }
+        }
+        result[row] = loss;
+        result[uniforms.rows + row] = lse;
+        result[2 * uniforms.rows + row] = hit;
+        result[3 * uniforms.rows + row] = counted;
+      }
+    }`;
+  }
+}
+
+/**
+ * The gradient of the token losses w.r.t. logits [rows, V]: (exp(x − lse) − onehot(label))·g per row,
+ * zero on rows labelled -100; lse from Stats[statsN + r] (row 1 of a [4, statsN] stats tensor), g =
+ * Dy[r] ('dy': row 0 of the [4, N] upstream gradient) or the uniform `scale`. Output at `outOff` (in
+ * output elements: vec4s / vec2 words when vectorised, else f32s / words): f32 [rows, V], or f16 halves
+ * packed two per int32 word (round to nearest; |g| must stay within f16's range).
+ */
+class CeLogitsGradProgram extends GroupedProgram {
+  override uniforms = 'rows : i32, V : i32, labelOff : i32, statsN : i32, outOff : i32, scale : f32,';
+  variableComponents: number[];
+  outputComponent: number;
+
+  constructor(rows: number, V: number, readonly vec: boolean, readonly out: 'float32' | 'float16', readonly scaleFrom: 'dy' | 'uniform') {
+    super(
+      ['Logits', 'Labels', 'Stats', ...(scaleFrom === 'dy' ? ['Dy'] : [])],
+      out === 'float32' ? [rows, V] : [Math.ceil((rows * V) / 2)],
+      `tsft_ce_logits_grad_${vec ? 'v4' : 's'}_${out}_${scaleFrom}_${CE_WG}_u${CE_UNROLL}`,
+      rows,
+      CE_WG,
+    );
+    this.variableComponents = [vec ? 4 : 1, 1, 1, ...(scaleFrom === 'dy' ? [1] : [])];
+    this.outputComponent = vec ? (out === 'float32' ? 4 : 2) : 1;
+  }
+
+  getUserCode(): string {
+    const f16 = this.out === 'float16';
+    const pack = (a: string, b: string) => `bitcast<i32>(pack2x16float(vec2<f32>(${a}, ${b})))`;
+    let body: string;
+    if (this.vec) {
+      const zero = f16 ? 'vec2<i32>(0)' : 'vec4<f32>(0.0)';
+      const write = f16 ? `vec2<i32>(${pack('p.x', 'p.y')}, ${pack('p.z', 'p.w')})` : 'p';
+      body = `
+      let n4 = uniforms.V / 4;
+      let base = row * n4;
+      let at = uniforms.outOff + base;
+      if (t == ${IGNORE_INDEX}) {
+        for (var j = tid; j < n4; j = j + ${CE_WG}) { result[at + j] = ${zero}; }
+        return;
+      }
+      let hot = vec4<i32>(t) - vec4<i32>(0, 1, 2, 3);
+      let ll = vec4<f32>(lse);
+      let gg = vec4<f32>(g);
+      var j = tid;
+      for (; j + ${(CE_UNROLL - 1) * CE_WG} < n4; j = j + ${CE_UNROLL * CE_WG}) {
+        ${range(CE_UNROLL).map((u) => `let x${u} = Logits[base + j + ${u * CE_WG}];`).join('\n        ')}
+        ${range(CE_UNROLL).map((u) => `{ let p = exp(x${u} - ll) * gg - select(vec4<f32>(0.0), gg, vec4<i32>(4 * (j + ${u * CE_WG})) == hot); result[at + j + ${u * CE_WG}] = ${write}; }`).join('\n        ')}
+      }
+      for (; j < n4; j = j + ${CE_WG}) {
+        let p = exp(Logits[base + j] - ll) * gg - select(vec4<f32>(0.0), gg, vec4<i32>(4 * j) == hot);
+        result[at + j] = ${write};
+      }`;
+    } else if (f16) {
+      body = `
+      let n2 = uniforms.V / 2;
+      let base = row * uniforms.V;
+      let at = uniforms.outOff + row * n2;
+      if (t == ${IGNORE_INDEX}) {
+        for (var j = tid; j < n2; j = j + ${CE_WG}) { result[at + j] = 0; }
+        return;
+      }
+      for (var j = tid; j < n2; j = j + ${CE_WG}) {
+        let c = 2 * j;
+        let x = vec2<f32>(Logits[base + c], Logits[base + c + 1]);
+        let p = exp(x - vec2<f32>(lse)) * g - select(vec2<f32>(0.0), vec2<f32>(g), vec2<i32>(c) == vec2<i32>(t) - vec2<i32>(0, 1));
+        result[at + j] = ${pack('p.x', 'p.y')};
+      }`;
+    } else {
+      body = `
+      let base = row * uniforms.V;
+      let at = uniforms.outOff + base;
+      if (t == ${IGNORE_INDEX}) {
+        for (var j = tid; j < uniforms.V; j = j + ${CE_WG}) { result[at + j] = 0.0; }
+        return;
+      }
+      for (var j = tid; j < uniforms.V; j = j + ${CE_WG}) {
+        result[at + j] = exp(Logits[base + j] - lse) * g - select(0.0, g, j == t);
+      }`;
+    }
+    return `
+    fn main() {
+      let row = ${FLAT_WORKGROUP};
+      if (row >= uniforms.rows) { return; }
+      let tid = i32(localIndex);
+      let t = Labels[uniforms.labelOff + row];
+      let lse = Stats[uniforms.statsN + row];
+      let g = ${this.scaleFrom === 'dy' ? 'Dy[row]' : 'uniforms.scale'};${body}
+    }`;
+  }
+}
+
+function checkLogits(what: string, logits: tf.Tensor, labels: tf.Tensor): void {
+  if (logits.rank !== 2 || labels.rank !== 1 || logits.shape[0] !== labels.shape[0]) {
+    throw new RangeError(`${what}: expected logits [N, V] and labels [N], got ${logits.shape} and ${labels.shape}`);
+  }
+  if (labels.dtype !== 'int32') throw new TypeError(`${what}: labels must be int32, got ${labels.dtype}`);
+  assertFloat32(what, logits);
+  if (logits.size >= 2 ** 31) throw new RangeError(`${what}: ${logits.shape} logits exceed the kernels' i32 indexing (2^31 elements)`);
+}
+
+/**
+ * Row statistics of logits [N, V] (webgpu): [4, N] = (token loss, log-sum-exp, argmax = label, labelled).
+ * `labelOff`: the rows' labels start at labels[labelOff] (a token chunk of a longer label vector).
+ */
+export function logitsStats(logits: tf.Tensor2D, labels: tf.Tensor1D, labelOff = 0): tf.Tensor2D {
+  const [N, V] = logits.shape;
+  return runProgram(new CeLogitsStatsProgram(N, V % 4 === 0), [logits, labels], [
+    { type: 'int32', data: [N] },
+    { type: 'int32', data: [V] },
+    { type: 'int32', data: [labelOff] },
+  ]) as tf.Tensor2D;
+}
+
+export interface LogitsGradOptions {
+  /** the rows' labels start at labels[labelOff] (default 0) */
+  labelOff?: number;
+  /** 'float16': halves packed two per int32 word (needs V even); default 'float32' */
+  dtype?: 'float32' | 'float16';
+  /** f16 only: write into this packed tensor, starting at half `rowOffset·V` (a token chunk of a bigger G) */
+  into?: tf.Tensor;
+  rowOffset?: number;
+}
+
+/**
+ * dLoss/dlogits (webgpu) = (softmax − onehot(label))·g for logits [N, V], zero on rows labelled -100:
+ * `stats` from {@link logitsStats} (lse in row 1); g = `scale` (a number, the same for every row) or
+ * row 0 of a [4, N] / [N] tensor (per-row upstream gradients). f32 [N, V], or (dtype 'float16') a
+ * {@link HalfTensor} [N, V] whose |values| must stay below 65504 (|softmax − onehot| ≤ 1: |g| ≤ 2^15 is safe).
+ */
+export function logitsGrad(logits: tf.Tensor2D, labels: tf.Tensor1D, stats: tf.Tensor, scale: number | tf.Tensor, opts: LogitsGradOptions = {}): tf.Tensor2D | HalfTensor {
+  const [N, V] = logits.shape;
+  const dtype = opts.dtype ?? 'float32';
+  const half = dtype === 'float16';
+  if (half && V % 2 !== 0) throw new RangeError(`logitsGrad: an f16 gradient needs an even vocabulary (packed pairs), got V = ${V}`);
+  const vec = V % 4 === 0;
+  const perOut = vec ? 4 : half ? 2 : 1;                                                  // logits per output element
+  const outOff = ((opts.rowOffset ?? 0) * V) / perOut;
+  if (!Number.isInteger(outOff)) throw new RangeError(`logitsGrad: row offset ${opts.rowOffset} × V ${V} is not a whole output element`);
+  const program = new CeLogitsGradProgram(N, V, vec, dtype, typeof scale === 'number' ? 'uniform' : 'dy');
+  const inputs = [logits, labels, stats, ...(typeof scale === 'number' ? [] : [scale])];
+  const uniforms: Uniform[] = [
+    { type: 'int32', data: [N] },
+    { type: 'int32', data: [V] },
+    { type: 'int32', data: [opts.labelOff ?? 0] },
+    { type: 'int32', data: [stats.shape[stats.rank - 1]] },
+    { type: 'int32', data: [outOff] },
+    { type: 'float32', data: [typeof scale === 'number' ? scale : 1] },
+  ];
+  if (!half) return runProgram(program, inputs, uniforms, 'float32', opts.into) as tf.Tensor2D;
+  const packed = opts.into ?? uninitialised([halfWords(N * V)], 'int32');
+  runProgram(program, inputs, uniforms, 'int32', packed);
+  return new HalfTensor(packed as tf.Tensor1D, [N, V]);
+}
+
+/** int32 words holding `n` packed halves, in whole 16-byte groups (as matmul-f16.ts's HalfTensors). */
+function halfWords(n: number): number {
+  return Math.max(4, Math.ceil(n / 8) * 4);
+}
+
+/** The op in plain tfjs ops (the fallback off webgpu, and the tests' reference): token losses (0 on ignored rows), correct, labelled rows. */
+function logitsLossStock(logits: tf.Tensor2D, labels: tf.Tensor1D): { tokenLoss: tf.Tensor1D; correct: tf.Scalar; counted: tf.Scalar } {
+  return tf.tidy(() => {
+    const [N, V] = logits.shape;
+    const mask = tf.notEqual(labels, tf.scalar(IGNORE_INDEX, 'int32'));                    // [N]
+    const safe = tf.where(mask, labels, tf.zerosLike(labels)) as tf.Tensor1D;
+    const lse = tf.logSumExp(logits, -1);                                                   // [N]
+    const rowsPer = gatherRowsPerBlock(V), parts: tf.Tensor[] = [];
+    for (let r0 = 0; r0 < N; r0 += rowsPer) {
+      const n = Math.min(rowsPer, N - r0);
+      const flat = tf.add(tf.mul(tf.range(0, n, 1, 'int32'), tf.scalar(V, 'int32')), tf.slice(safe, [r0], [n]));
+      parts.push(tf.gather(tf.reshape(tf.slice(logits, [r0, 0], [n, V]), [n * V]), flat));
+    }
+    const picked = parts.length === 1 ? parts[0] : tf.concat(parts);                      // [N]
+    const c = tf.cast(mask, 'float32');
+    const hit = tf.mul(tf.cast(tf.equal(tf.argMax(logits, -1), labels), 'float32'), c);
+    return { tokenLoss: tf.mul(tf.sub(lse, picked), c) as tf.Tensor1D, correct: tf.sum(hit) as tf.Scalar, counted: tf.sum(c) as tf.Scalar };
+  });
+}
+
+/** The op's outputs from token losses [N], the labelled-row count and the correct count. */
+function reduceLoss(tokenLoss: tf.Tensor, counted: tf.Tensor, correct: tf.Scalar, reduction: 'mean' | 'sum' | 'none'): CrossEntropyOutput {
+  const loss = reduction === 'none' ? tokenLoss : reduction === 'sum' ? tf.sum(tokenLoss) : tf.div(tf.sum(tokenLoss), counted);
+  return { loss, correct };
+}
+
+/**
+ * {@link crossEntropyLogits} in plain tfjs ops on any backend (log-sum-exp, the label logit gathered in row
+ * blocks, argMax): the fallback off webgpu, and the stock reference of the tests and the benchmark.
+ */
+export function crossEntropyLogitsStock(logits: tf.Tensor2D, labels: tf.Tensor1D, reduction: 'mean' | 'sum' | 'none' = 'mean'): CrossEntropyOutput {
+  checkLogits('crossEntropyLogitsStock', logits, labels);
+  return tf.tidy(() => {
+    const { tokenLoss, correct, counted } = logitsLossStock(logits, labels);
+    return { ...reduceLoss(tokenLoss, counted, correct, reduction) };
+  });
+}
+
+/**
+ * Cross-entropy of logits [N, V] against labels [N] (PyTorch's `F.cross_entropy(logits, labels,
+ * ignore_index=-100, reduction)`), with the count of rows whose argmax is the label. Differentiable w.r.t.
+ * logits (labels must stay alive until backward). On webgpu two row kernels (statistics in one read of the
+ * logits; the gradient in one more read and one write); elsewhere plain tfjs ops.
+ *
+ * @param logits [N, V] float32
+ * @param labels [N] int32 in [0, V), or -100 for rows that take no part (loss 0, gradient 0, not counted)
+ * @param reduction 'mean' (default: over the labelled rows; NaN when there are none, as PyTorch), 'sum',
+ *   or 'none' ([N] token losses)
+ * @example
+ * const { loss, correct } = crossEntropyLogits(logits, labels);                 // mean over labelled rows
+ * const [dLogits] = tf.grads((x) => crossEntropyLogits(x as tf.Tensor2D, labels).loss)([logits]);
+ */
+export function crossEntropyLogits(logits: tf.Tensor2D, labels: tf.Tensor1D, reduction: 'mean' | 'sum' | 'none' = 'mean'): CrossEntropyOutput {
+  checkLogits('crossEntropyLogits', logits, labels);
+  if (!onWebGpu()) return crossEntropyLogitsStock(logits, labels, reduction);
+  // The custom op's value is the [4, N] statistics (nothing escapes tf.tidy); dy's row 0 is each row's
+  // upstream gradient.
+  const f = tf.customGrad(((x: tf.Tensor, save: tf.GradSaveFunc) => {
+    const stats = logitsStats(x as tf.Tensor2D, labels);
+    save([x, stats]);
+    return {
+      value: stats,
+      gradFunc: (dy: tf.Tensor, [sx, sstats]: tf.Tensor[]) => logitsGrad(sx as tf.Tensor2D, labels, sstats, dy) as tf.Tensor,
+    };
+  }) as unknown as Parameters<typeof tf.customGrad>[0]);
+  const stats = f(logits);
+  const out = tf.tidy(() => {
+    const row = (k: number) => tf.reshape(tf.slice(stats, [k, 0], [1, logits.shape[0]]), [logits.shape[0]]);
+    return { ...reduceLoss(row(0), tf.sum(row(3)), tf.sum(row(2)) as tf.Scalar, reduction) };
+  });
+  stats.dispose();
+  return out;
+}
+
+// ---------------------------------------------------------------------------------------------------
+// The LM head's loss under mixed precision: f16 matmuls around the logits kernels.
+
+export interface CrossEntropyF16Options {
+  /** 'mean' (default: over the labelled rows) or 'sum' */
+  reduction?: 'mean' | 'sum';
+  /** the LM head already in f16 (the caller's cached copy); else one is made for the call */
+  weightHalf?: HalfTensor;
+  /** false: no dW (a frozen LM head / tied embedding, as under LoRA); default true */
+  weightGrad?: boolean;
+  /** bytes for the per-chunk buffers (f32 logits of a token chunk, f16 gradients); default 1 GiB */
+  memoryBytes?: number;
+  /** compute dH, dW in the forward (default: when a gradient tape is recording, tf.grads / variableGrads) */
+  grads?: boolean;
+  /** subgroup-matrix tile of the dH = G·W matmul (default: matmul-f16's pick) */
+  dhTile?: SgTile;
+}
+
+/** Token chunking of the f16 LM-head loss. */
+export interface F16Plan {
+  /** tokens per logits chunk ([rows, V] f32 at a time) */
+  rows: number;
+  /** tokens per gradient chunk ([tokens, V] f16 G kept for dH and dW; a multiple of rows) */
+  tokens: number;
+}
+
+/**
+ * Chunk sizes for N tokens over a V vocabulary in `memoryBytes`: a quarter of the budget for f32 logits
+ * (rows: a multiple of 128, whole matmul tiles, or of 16 when that is too much), the rest for f16
+ * gradients (tokens, a multiple of rows; dW is summed over token chunks, so bigger is cheaper). Without dW,
+ * gradients are kept per logits chunk only.
+ */
+export function planF16(N: number, V: number, memoryBytes = 2 ** 30, weightGrad = true): F16Plan {
+  const fit = Math.floor(memoryBytes / 4 / (4 * V));
+  const rows = fit >= 128 ? Math.floor(fit / 128) * 128 : Math.max(16, Math.floor(fit / 16) * 16);   // whole 128-row matmul tiles
+  if (!weightGrad || rows >= N) return { rows: Math.min(rows, N), tokens: Math.min(rows, N) };
+  const byBudget = Math.max(rows, Math.floor((memoryBytes - rows * V * 4) / (2 * V) / rows) * rows);
+  return { rows, tokens: Math.min(byBudget, Math.ceil(N / rows) * rows) };
+}
+
+/**
+ * The LM head's cross-entropy under mixed precision: like {@link crossEntropyFromHidden} (same outputs,
+ * same gradients to f16 accuracy), with the three matmuls on f16 tensor cores (matMulF16) and the logits
+ * never kept whole. While a gradient tape records, the forward also computes dH and (unless `weightGrad`
+ * is false) dW; the backward scales them by the upstream gradient. Gradients are f32. Off webgpu, or for
+ * an odd vocabulary (f16 pairs would straddle rows), it is {@link crossEntropyFromHidden} (fp32).
+ *
+ * @param hidden [N, H] float32
+ * @param weight [V, H] float32: the LM head (or tied embedding)
+ * @param targets [N] int32 in [0, V), or -100 (row ignored)
+ * @example
+ * const { loss, correct } = withComputeDtype('float16', () => crossEntropyFromHiddenF16(h, lmHead, targets, { weightHalf }));
+ */
+export function crossEntropyFromHiddenF16(
+  hidden: tf.Tensor2D,
+  weight: tf.Tensor2D,
+  targets: tf.Tensor1D,
+  opts: CrossEntropyF16Options = {},
+): CrossEntropyOutput {
+  checkShapes(hidden, weight, targets);
+  const [N, H] = hidden.shape, V = weight.shape[0];
+  if (!onWebGpu() || V % 2 !== 0) return crossEntropyFromHidden(hidden, weight, targets, { reduction: opts.reduction });
+  assertFloat32('crossEntropyFromHiddenF16', hidden, weight);
+  if (opts.weightHalf && (opts.weightHalf.shape[0] !== V || opts.weightHalf.shape[1] !== H)) {
+    throw new RangeError(`crossEntropyFromHiddenF16: weightHalf is [${opts.weightHalf.shape}], the weight [${weight.shape}]`);
+  }
+  if (N === 0 || H === 0) throw new RangeError(`crossEntropyFromHiddenF16: empty input (hidden ${hidden.shape})`);
+  const weightGrad = opts.weightGrad ?? true;
+  const mean = (opts.reduction ?? 'mean') === 'mean';
+  const grads = opts.grads ?? tf.engine().isTapeOn();
+  const plan = planF16(N, V, opts.memoryBytes, weightGrad && grads);
+
+  // value [2] = (loss, correct); saved: dH, dW (raw: G·2^15 based), the labelled-row count
+  const f = tf.customGrad(((...args: (tf.Tensor | tf.GradSaveFunc)[]) => {
+    const h = args[0] as tf.Tensor2D, save = args[args.length - 1] as tf.GradSaveFunc;
+    const w16 = opts.weightHalf ?? toHalf(weight);
+    try {
+      const { stats, dH, dW } = lmHeadF16(h, w16, targets, plan, grads, weightGrad && grads, opts.dhTile);
+      const count = tf.sum(tf.slice(stats, [3, 0], [1, N]));
+      const lossSum = tf.sum(tf.slice(stats, [0, 0], [1, N]));
+      const value = tf.stack([mean ? tf.div(lossSum, count) : lossSum, tf.sum(tf.slice(stats, [2, 0], [1, N]))]);
+      if (grads) save([dH!, ...(dW ? [dW] : []), count]);
+      tf.dispose([stats, lossSum, ...(grads ? [] : [count])]);
+      return {
+        value,
+        gradFunc: (dy: tf.Tensor, saved: tf.Tensor[]) => {
+          if (!grads) throw new Error('crossEntropyFromHiddenF16: no gradients were computed (no tape was recording; pass grads: true)');
+          const c = saved[saved.length - 1];
+          const k = tf.mul(tf.reshape(tf.slice(dy, [0], [1]), []), 1 / HALF_GRAD_SCALE);
+          const s = mean ? tf.div(k, c) : k;
+          return [tf.mul(saved[0], s), ...(weightGrad ? [tf.mul(saved[1], s)] : [])];
+        },
+      };
+    } finally {
+      if (w16 !== opts.weightHalf) w16.dispose();
+    }
+  }) as unknown as Parameters<typeof tf.customGrad>[0]);
+  const value = weightGrad ? f(hidden, weight) : f(hidden);
+  const out = tf.tidy(() => ({
+    loss: tf.reshape(tf.slice(value, [0], [1]), []),
+    correct: tf.reshape(tf.slice(value, [1], [1]), []) as tf.Scalar,
+  }));
+  value.dispose();
+  return out;
+}
+
+/**
+ * The chunked work of {@link crossEntropyFromHiddenF16}: stats [4, N]; with `grads`, dH [N, H] =
+ * G·W and (with `weightGrad`) dW [V, H] = Gᵀ·h for G = (softmax − onehot)·2^15 in f16.
+ */
+function lmHeadF16(h: tf.Tensor2D, w16: HalfTensor, targets: tf.Tensor1D, plan: F16Plan, grads: boolean, weightGrad: boolean, dhTile?: SgTile): { stats: tf.Tensor; dH?: tf.Tensor; dW?: tf.Tensor } {
+  const [N, H] = h.shape, V = w16.shape[0];
+  const statParts: tf.Tensor[] = [], dhParts: tf.Tensor[] = [];
+  let dW: tf.Tensor | undefined;
+  const rowsOf = (r0: number, n: number) => {
+    const x = n === N ? h : tf.slice(h, [r0, 0], [n, H]);
+    const x16 = toHalf(x);
+    if (x !== h) x.dispose();
+    return x16;
+  };
+  for (let c0 = 0; c0 < N; c0 += plan.tokens) {
+    const nc = Math.min(plan.tokens, N - c0);
+    const G = grads ? uninitialised([halfWords(nc * V)], 'int32') : null;
+    for (let r0 = c0; r0 < c0 + nc; r0 += plan.rows) {
+      const n = Math.min(plan.rows, c0 + nc - r0);
+      const x16 = rowsOf(r0, n);
+      const logits = matMulF16(x16, w16, false, true) as tf.Tensor2D;                   // [n, V] f32
+      x16.dispose();
+      const stats = logitsStats(logits, targets, r0);                                     // [4, n]
+      if (G) logitsGrad(logits, targets, stats, HALF_GRAD_SCALE, { labelOff: r0, dtype: 'float16', into: G, rowOffset: r0 - c0 });
+      logits.dispose();
+      statParts.push(stats);
+    }
+    if (G) {
+      const g16 = new HalfTensor(G as tf.Tensor1D, [nc, V]);
+      dhParts.push(matMulF16(g16, w16, false, false, { tile: dhTile }));                  // [nc, H]
+      if (weightGrad) {
+        const x16 = rowsOf(c0, nc);
+        const part = matMulF16(g16, x16, true, false);                                    // [V, H]
+        x16.dispose();
+        if (dW) {
+          const sum = tf.add(dW, part);
+          tf.dispose([dW, part]);
+          dW = sum;
+        } else {
+          dW = part;
+        }
+      }
+      G.dispose();
+    }
+  }
+  const cat = (parts: tf.Tensor[], axis: number) => {
+    if (parts.length === 1) return parts[0];
+    const c = tf.concat(parts, axis);
+    tf.dispose(parts);
+    return c;
+  };
+  return { stats: cat(statParts, 1), dH: grads ? cat(dhParts, 0) : undefined, dW };
 }

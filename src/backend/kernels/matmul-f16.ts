@@ -494,8 +494,13 @@ export class HalfTensor {
 
 /** Packed int32 words for `n` halves: whole 16-byte groups. */
 function packedWords(n: number): number {
-  return Math.max(4, Math.ceil(n / 8) * 4);
+  // at least 1 KiB (a 16×16 f32 fragment): Dawn sizes the minimum binding of an array that subgroup-matrix
+  // builtins read or write to a whole fragment (H100: a 2×24 output failed with minBindingSize 1024)
+  return Math.max(MIN_FRAGMENT_BYTES / 4, Math.ceil(n / 8) * 4);
 }
+
+/** Bytes of one 16×16 f32 fragment: Dawn's minimum binding size for arrays used by subgroup-matrix loads/stores. */
+const MIN_FRAGMENT_BYTES = 16 * 16 * 4;
 
 /** f32 → packed halves (round to nearest even), two per output word. */
 class CastF16Program extends ElementwiseProgram {
@@ -665,7 +670,10 @@ export function matMulF16(a: Operand, b: Operand, transposeA = false, transposeB
     } else {
       program = new SimtMatmulF16Program(la, lb, dims);
     }
-    const out = uninitialised(outShape, 'float32');
+    // an output smaller than one f32 fragment is computed into a fragment-sized buffer (Dawn's minimum
+    // binding for subgroupMatrixStore targets), then cut to size
+    const size = batch * M * N, padded = size * 4 < MIN_FRAGMENT_BYTES;
+    const out = uninitialised(padded ? [MIN_FRAGMENT_BYTES / 4] : outShape, 'float32');
     const internals = backend as unknown as BackendInternals;
     const ubuf = backend.bufferManager.acquireBuffer(48, GPUBufferUsage.UNIFORM | GPUBufferUsage.COPY_DST);
     device.queue.writeBuffer(ubuf, 0, dimsBytes(dims));
@@ -677,7 +685,10 @@ export function matMulF16(a: Operand, b: Operand, transposeA = false, transposeB
     encodeMatmulF16(device, pass, program, bufs[0], bufs[1], bufs[2], ubuf);
     pass.end();
     backend.submitQueue();
-    return out;
+    if (!padded) return out;
+    const cut = tf.reshape(tf.slice(out, [0], [size]), outShape);
+    out.dispose();
+    return cut;
   } finally {
     if (ha !== a) ha.dispose();
     if (hb !== b) hb.dispose();

@@ -118,3 +118,25 @@ for (const device of testDevices()) {
     }
   });
 }
+
+describe('memory', () => {
+  it('disposing a model, its AdamW state and its LoRA adapters gives every byte back (tfjs variables share their initial tensor)', async (t) => {
+    const skip = await startOrSkip('cpu');
+    if (skip) return t.skip(skip);
+    const { prepareLora, unloadAdapters } = await import('../src/train/lora');
+    const { AdamW } = await import('../src/train/optimizer');
+    const before = tf.memory().numBytes;
+    const { model } = await getModelTokenizer(path.join('tests', 'fixtures', 'models', 'qwen3'), { loadTokenizer: false, device: 'cpu' });
+    const weights = [...model!.namedParameters().values()].reduce((a, v) => a + v.size * 4, 0);
+    assert.equal(tf.memory().numBytes - before, weights, 'the weights are held once');
+    const prev = setKernelPath('ops');   // AdamW's moments as tfjs variables (the cpu path keeps them in wasm memory)
+    const opt = new AdamW(model!.namedParameters(), { beta1: 0.9, beta2: 0.999, eps: 1e-8, weightDecay: 0 });
+    setKernelPath(prev);
+    assert.equal(tf.memory().numBytes - before, 3 * weights, 'weights + two moments, each once');
+    opt.dispose();
+    prepareLora(model!, { r: 4, lora_alpha: 8, target_modules: 'all-linear' });
+    unloadAdapters(model!);
+    model!.dispose();
+    assert.equal(tf.memory().numBytes, before);
+  });
+});

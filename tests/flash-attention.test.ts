@@ -3,6 +3,11 @@
 // (4 query heads on 2 KV heads), padding (left padding makes rows that see no key), a cache offset, and
 // lengths that are not a multiple of the 64-row tile. Also: the fallback equals gqaAttention with
 // qwen2.ts attentionBias, and nothing leaks. WebGPU without an adapter: a skip locally, a failure in CI.
+// The f16 tensor-core kernels (flash-attention-sg.ts, computeDtype 'float16') are checked the same way
+// with an f16 tolerance where the adapter has subgroup matrices (the H100: ../shared/gpu/pack.sh
+// tests/flash-attention.test.ts && CI=1 node --test .gpu/flash-attention.test.mjs); on lavapipe their
+// emulated form (same kernels, plain-WGSL stand-ins for the matrix builtins) runs with TSFT_FLASH_EMULATE=1
+// (off by default: lavapipe compiles the emulated kernels in ~6 minutes cold).
 
 import assert from 'node:assert/strict';
 import * as fs from 'node:fs';
@@ -11,7 +16,9 @@ import * as tf from '@tensorflow/tfjs-core';
 import '../src/backend/gradients';
 import { initDevice, shutdownDevice } from '../src/backend/device';
 import { probeAdapter, releaseNavigatorGpu } from '../src/backend/webgpu';
-import { flashAttention, flashAttentionOnGpu } from '../src/backend/kernels/flash-attention';
+import { flashAttention, flashAttentionOnGpu, flashAttentionPath } from '../src/backend/kernels/flash-attention';
+import { flashAttentionSg, parseSgConfig } from '../src/backend/kernels/flash-attention-sg';
+import { withComputeDtype } from '../src/backend/precision';
 import { attentionBias, gqaAttention } from '../src/model/qwen2';
 import { maxAbsDiff } from './helpers';
 
@@ -174,5 +181,35 @@ describe('webgpu kernels vs the cpu backend (forward and backward)', () => {
     assert.throws(() => flashAttention(q4, kv, kv, { past: 2 }), /past \+ T ≤ S/);
     assert.throws(() => flashAttention(q4, kv, kv, { attentionMask: tf.ones([1, 5]) as tf.Tensor2D }), /\[B, S\] = \[1, 4\]/);
     tf.dispose([q, kv, q4]);
+  });
+});
+
+describe('f16 tensor-core kernels vs the cpu backend (forward and backward)', () => {
+  for (const c of GPU_CASES) {
+    test(c.name, async (t) => {
+      if (!needGpu(t)) return;
+      await initDevice('webgpu', { quiet: true });
+      const path = withComputeDtype('float16', () => flashAttentionPath(c.D));
+      if (path !== 'subgroup-matrix') {
+        t.skip(`the adapter has no f16 subgroup matrices with subgroups of 32 (path '${path}'); the GPU box runs these`);
+        return;
+      }
+      assert.equal(withComputeDtype('float32', () => flashAttentionPath(c.D)), 'fp32');
+      const got = await withComputeDtype('float16', () => runCase(c, flashAttention));
+      assertClose(got, reference.get(c.name)!, c.name, 1e-2);
+    });
+  }
+
+  test('emulated matrix builtins (lavapipe) give the same: padding, GQA, cache offset', async (t) => {
+    if (!needGpu(t)) return;
+    if (!process.env.TSFT_FLASH_EMULATE) {
+      t.skip('set TSFT_FLASH_EMULATE=1: lavapipe needs ~6 min to compile the emulated kernels the first time');
+      return;
+    }
+    await initDevice('webgpu', { quiet: true });
+    const c = CASES[1];
+    const cfg = parseSgConfig('nsg2_bt32_dq32_kv2x32_emu');
+    const got = await runCase(c, (q, k, v, o) => flashAttentionSg(q, k, v, { attentionMask: o?.attentionMask, past: o?.past ?? 0, config: cfg }));
+    assertClose(got, reference.get(c.name)!, `${c.name} (emulated)`, 1e-2);
   });
 });

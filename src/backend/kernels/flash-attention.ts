@@ -7,7 +7,8 @@
 // FlashForward, FlashBackwardKV, FlashBackwardQ — run through program.ts's runProgram (tfjs's
 // runWebGPUProgram); gradients attach with tf.customGrad.
 // Other backends (and head dims that are not a multiple of 64) use the plain tfjs math of qwen2.ts
-// gqaAttention.
+// gqaAttention. Under computeDtype() 'float16' on an adapter with subgroup matrices, flashAttention runs
+// the f16 tensor-core kernels of flash-attention-sg.ts instead (same semantics; flashAttentionPath says which).
 //
 // Semantics match gqaAttention with an additive -1e9 bias exactly: a key a row may not see scores
 // -1e9, so a row that sees no key at all (left padding) averages every key uniformly, as tfjs and
@@ -21,7 +22,11 @@
 
 import * as tf from '@tensorflow/tfjs-core';
 import { gqaAttention, MASKED } from '../../model/attention';
-import { onWebGpu, runProgram, type Program } from './program';
+import { onWebGpu, runProgram, webgpuBackend, type Program } from './program';
+import { matmulF16Path } from './matmul-f16';
+import { computeDtype } from '../precision';
+import { getGpuAdapterInfo } from '../device';
+import { DEFAULT_SG_CONFIG, flashAttentionSg, sgWorkgroupBytes } from './flash-attention-sg';
 
 /** Query rows and keys per tile. */
 const TILE = 64;
@@ -473,10 +478,32 @@ export function flashAttentionOnGpu(headDim: number): boolean {
 }
 
 /**
+ * Which kernels flashAttention runs for this head dim now: 'subgroup-matrix' (f16 tensor cores, see
+ * flash-attention-sg.ts: webgpu, an adapter with subgroup matrices and subgroups of 32, computeDtype()
+ * 'float16', head_dim a multiple of 16 up to 128), 'fp32' (the kernels of this file), or 'tfjs'.
+ */
+export function flashAttentionPath(headDim: number): 'subgroup-matrix' | 'fp32' | 'tfjs' {
+  if (!onWebGpu()) return 'tfjs';
+  if (computeDtype() === 'float16' && headDim % 16 === 0 && headDim <= 128 && matmulF16Path() === 'subgroup-matrix') {
+    let size = 32;
+    try {
+      const info = getGpuAdapterInfo() as { subgroupMinSize?: number; subgroupMaxSize?: number };
+      size = info.subgroupMaxSize ?? 32;
+    } catch {
+      // no session info: assume NVIDIA's 32
+    }
+    const wgMem = webgpuBackend().device.limits.maxComputeWorkgroupStorageSize;
+    if (size === 32 && sgWorkgroupBytes(headDim, DEFAULT_SG_CONFIG) <= wgMem) return 'subgroup-matrix';
+  }
+  return headDim % HEAD_DIM_MULTIPLE === 0 ? 'fp32' : 'tfjs';
+}
+
+/**
  * Causal GQA attention without the [H, T, S] scores: softmax(q·kᵀ/√D + mask)·v, where query t (absolute
  * position past + t) sees keys s ≤ past + t whose attentionMask is 1. Head h reads KV head h / (H/KV).
  * Differentiable (tf.customGrad; backward recomputes attention tile by tile). On webgpu it runs the
- * flash kernels; elsewhere the plain tfjs math of gqaAttention, with the same results.
+ * flash kernels (with f16 tensor cores under computeDtype() 'float16' where the adapter has subgroup
+ * matrices: {@link flashAttentionPath}); elsewhere the plain tfjs math of gqaAttention, with the same results.
  * q: [B, H, T, D]; k, v: [B, KV, S, D] (cached + new keys); returns [B, H, T, D].
  *
  * @example
@@ -497,7 +524,9 @@ export function flashAttention(q: tf.Tensor4D, k: tf.Tensor4D, v: tf.Tensor4D, o
   if (m && (m.rank !== 2 || m.shape[0] !== B || m.shape[1] !== S)) {
     throw new RangeError(`flashAttention: attentionMask [${m.shape}] must be [B, S] = [${B}, ${S}] (cached + new keys)`);
   }
-  if (!flashAttentionOnGpu(D)) return tf.tidy(() => gqaAttention(q, k, v, causalBias(B, T, S, past, m)));
+  const path = flashAttentionPath(D);
+  if (path === 'tfjs') return tf.tidy(() => gqaAttention(q, k, v, causalBias(B, T, S, past, m)));
+  if (path === 'subgroup-matrix') return flashAttentionSg(q, k, v, { attentionMask: m, past });
 
   // any dtype: the kernels read the mask's buffer as it is. The default is int32, like transformers'
   // attention_mask, so that masked and unmasked calls share compiled pipelines (the key holds the dtype).

@@ -31,7 +31,7 @@
 
 import * as tf from '@tensorflow/tfjs-core';
 import { currentDevice, getGpuAdapterInfo } from '../device';
-import { ElementwiseProgram, onWebGpu, runProgram, sizeOf, uninitialised, webgpuBackend, type LayoutA, type LayoutB, pipelineFor } from './program';
+import { ElementwiseProgram, gpuBufferOf, onWebGpu, runProgram, sizeOf, uninitialised, webgpuBackend, type BackendInternals, type LayoutA, type LayoutB, pipelineFor } from './program';
 
 // ---------------------------------------------------------------------------------------------------
 // Tiles
@@ -585,19 +585,6 @@ export async function fromHalfAsync(h: HalfTensor): Promise<tf.Tensor> {
   return tf.tensor(out, h.shape);
 }
 
-/** tfjs-backend-webgpu internals our passes need (private in its typings). */
-interface BackendInternals {
-  commandEncoder: GPUCommandEncoder | null;
-  uniformPendingDisposal: GPUBuffer[];
-}
-
-/** The GPU buffer of `t` (uploaded if needed). */
-function bufferOf(t: tf.Tensor): GPUBuffer {
-  const backend = webgpuBackend();
-  backend.uploadToGPU(t.dataId);
-  return backend.tensorMap.get(t.dataId).resource as GPUBuffer;
-}
-
 type Operand = tf.Tensor | HalfTensor;
 
 /**
@@ -678,7 +665,7 @@ export function matMulF16(a: Operand, b: Operand, transposeA = false, transposeB
     const ubuf = backend.bufferManager.acquireBuffer(48, GPUBufferUsage.UNIFORM | GPUBufferUsage.COPY_DST);
     device.queue.writeBuffer(ubuf, 0, dimsBytes(dims));
     internals.uniformPendingDisposal.push(ubuf);
-    const bufs = [bufferOf(ha.packed), bufferOf(hb.packed), bufferOf(out)];
+    const bufs = [gpuBufferOf(ha.packed), gpuBufferOf(hb.packed), gpuBufferOf(out)];
     backend.ensureCommandEncoderReady();
     backend.endComputePassEncoder();
     const pass = internals.commandEncoder!.beginComputePass();

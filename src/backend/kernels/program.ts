@@ -63,6 +63,19 @@ export function uninitialised(shape: number[], dtype: tf.DataType = 'float32'): 
   return tf.engine().makeTensorFromTensorInfo(info);
 }
 
+/** tfjs-backend-webgpu internals that tsft's own passes need (private in its typings). */
+export interface BackendInternals {
+  commandEncoder: GPUCommandEncoder | null;
+  uniformPendingDisposal: GPUBuffer[];
+}
+
+/** The GPU buffer behind tensor `t` on the webgpu backend (uploaded first if it still lives on the CPU). */
+export function gpuBufferOf(t: tf.Tensor): GPUBuffer {
+  const backend = webgpuBackend();
+  backend.uploadToGPU(t.dataId);
+  return backend.tensorMap.get(t.dataId).resource as GPUBuffer;
+}
+
 /** Workgroups for `n` items, `perGroup` each, on a grid of at most 65535 per dimension (x fastest). */
 export function gridFor(n: number, perGroup: number): [number, number, number] {
   const groups = Math.max(1, Math.ceil(n / perGroup));

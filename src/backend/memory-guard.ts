@@ -614,7 +614,7 @@ export interface TrainingMemoryEstimate {
  * use measured on lavapipe for 28 runs (hidden 128–256, intermediate 384–768, 2–4 layers, vocab 4096–8192,
  * 256–512 tokens, full and LoRA r8, with and without checkpointing, f32): the estimate came within 0.82–1.24×
  * of every one (tests/memory-guard.test.ts checks three within 1.5×). Not yet checked at real sizes or under
- * mixed precision (its ×1.25 on the per-token term is a guess).
+ * mixed precision (its ×1.25 on the per-token term is a guess). Since the tiled linears and the variable-leak fix, checkpointed steps peak up to ~1.7× below it (not refitted).
  *
  * @example
  * const e = estimateTrainingBytes({ config, trainType: 'lora', loraParams: 1_000_000, seqLen: 2048, batch: 1,

@@ -14,7 +14,7 @@
 
 import assert from 'node:assert/strict';
 import * as fs from 'node:fs';
-import { after, describe, test, type TestContext } from 'node:test';
+import { after, describe, test } from 'node:test';
 import * as tf from '@tensorflow/tfjs-core';
 import '../src/backend/gradients';
 import { initDevice, shutdownDevice } from '../src/backend/device';
@@ -24,37 +24,13 @@ import {
 } from '../src/backend/kernels/cross-entropy';
 import { f16BitsToF32, f32ToF16Bits, fromHalfAsync, matmulF16Path, toHalf } from '../src/backend/kernels/matmul-f16';
 import { withComputeDtype } from '../src/backend/precision';
-import { startOrSkip } from './helpers';
+import { assertClose, lcgValues as values, onGpu } from './helpers';
 
 process.env.XDG_RUNTIME_DIR ??= fs.mkdtempSync('/tmp/tsft-xdg-');
 
 after(async () => {
   await shutdownDevice();
 });
-
-async function onGpu(t: TestContext): Promise<boolean> {
-  const skip = await startOrSkip('webgpu');
-  if (skip) t.skip(skip);
-  return skip === null;
-}
-
-/** Deterministic values in [-scale, scale). */
-function values(n: number, seed: number, scale = 1): Float32Array {
-  let s = seed;
-  return Float32Array.from({ length: n }, () => ((s = (s * 1103515245 + 12345) % 2147483648), ((s / 2147483648) * 2 - 1) * scale));
-}
-
-/** max |got − want| ≤ tol · max |want| (scale-free). */
-function assertClose(got: ArrayLike<number>, want: ArrayLike<number>, what: string, tol: number): void {
-  assert.equal(got.length, want.length, `${what}: size`);
-  let scale = 0, worst = 0, at = 0;
-  for (let i = 0; i < want.length; i++) scale = Math.max(scale, Math.abs(want[i]));
-  for (let i = 0; i < want.length; i++) {
-    const d = Math.abs(got[i] - want[i]);
-    if (!(d <= worst)) [worst, at] = [d, i];
-  }
-  assert.ok(worst <= tol * (scale || 1), `${what}: [${at}] = ${got[at]}, want ${want[at]} (max |diff| ${worst.toExponential(2)}, scale ${scale.toExponential(2)})`);
-}
 
 const read = async (t: tf.Tensor) => Float32Array.from(await t.data());
 

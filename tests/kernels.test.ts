@@ -20,7 +20,7 @@ import { rmsNormFused } from '../src/backend/kernels/rms-norm';
 import { applyRopeFused } from '../src/backend/kernels/rope';
 import { siluGateFused } from '../src/backend/kernels/swiglu';
 import { applyRope, rmsNorm, ropeCosSin, siluGate } from '../src/model/qwen2';
-import { startOrSkip } from './helpers';
+import { lcgValues as values, onGpu } from './helpers';
 
 process.env.XDG_RUNTIME_DIR ??= fs.mkdtempSync('/tmp/tsft-xdg-');
 
@@ -30,19 +30,6 @@ const TOL = 1e-5;
 after(async () => {
   await shutdownDevice();
 });
-
-/** Starts webgpu, or skips (locally) / fails (CI) without an adapter; true when the test may run. */
-async function onGpu(t: TestContext): Promise<boolean> {
-  const skip = await startOrSkip('webgpu');
-  if (skip) t.skip(skip);
-  return skip === null;
-}
-
-/** Deterministic values in [-scale, scale). */
-function values(n: number, seed: number, scale = 1): Float32Array {
-  let s = seed;
-  return Float32Array.from({ length: n }, () => ((s = (s * 1103515245 + 12345) % 2147483648), ((s / 2147483648) * 2 - 1) * scale));
-}
 
 function assertClose(got: ArrayLike<number>[], want: ArrayLike<number>[], what: string, tol = TOL): void {
   assert.equal(got.length, want.length, `${what}: number of outputs`);

@@ -13,18 +13,13 @@ import { initDevice, shutdownDevice } from '../src/backend/device';
 import {
   SG_TILE_128, SG_TILE_64, SgMatmulProgram, f16BitsToF32, f32ToF16Bits, fromHalfAsync, matMulF16, matmulF16Path, parseSgTile, toHalf,
 } from '../src/backend/kernels/matmul-f16';
-import { startOrSkip } from './helpers';
+import { assertClose, lcgValues as values, startOrSkip } from './helpers';
 
 process.env.XDG_RUNTIME_DIR ??= fs.mkdtempSync('/tmp/tsft-xdg-');
 
 after(async () => {
   await shutdownDevice();
 });
-
-function values(n: number, seed: number): Float32Array {
-  let s = seed;
-  return Float32Array.from({ length: n }, () => ((s = (s * 1103515245 + 12345) % 2147483648), (s / 2147483648) * 2 - 1));
-}
 
 const r16 = (x: number) => f16BitsToF32(f32ToF16Bits(x));
 
@@ -51,17 +46,6 @@ function reference(a: Float32Array, as: number[], b: Float32Array, bs: number[],
     }
   }
   return out;
-}
-
-function assertClose(got: ArrayLike<number>, want: ArrayLike<number>, what: string, tol = 1e-5): void {
-  assert.equal(got.length, want.length, `${what}: size`);
-  let scale = 0, worst = 0, at = 0;
-  for (let i = 0; i < want.length; i++) scale = Math.max(scale, Math.abs(want[i]));
-  for (let i = 0; i < want.length; i++) {
-    const d = Math.abs(got[i] - want[i]);
-    if (!(d <= worst)) [worst, at] = [d, i];
-  }
-  assert.ok(worst <= tol * scale, `${what}: [${at}] = ${got[at]}, want ${want[at]} (max |diff| ${worst.toExponential(2)}, scale ${scale.toExponential(2)})`);
 }
 
 /** Shapes: [aShape, bShape, transposeA, transposeB]; none a multiple of 16 or 64, one K a multiple of 8 (vec8 loads on the H100). */

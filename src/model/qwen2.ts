@@ -22,7 +22,6 @@ import { rmsNormFused } from '../backend/kernels/rms-norm';
 import { applyRopeFused } from '../backend/kernels/rope';
 import { siluGateFused } from '../backend/kernels/swiglu';
 import { dropHalfCopy, halfOf, linearMatmul } from '../backend/kernels/linear';
-import { dropoutFused } from '../backend/kernels/dropout';
 import { toHalf, type HalfTensor } from '../backend/kernels/matmul-f16';
 import { computeDtype } from '../backend/precision';
 
@@ -42,21 +41,50 @@ export function rmsNorm(x: tf.Tensor, weight: tf.Tensor, eps: number): tf.Tensor
 // (inv_freq = 1 / theta^(2i/D) in f32, angle = position * inv_freq in f32), so long positions agree.
 
 export function ropeCosSin(positions: TokenIds, headDim: number, theta: number): { cos: tf.Tensor4D; sin: tf.Tensor4D } {
-  const B = positions.length, T = positions[0].length, half = headDim / 2;
-  const invFreq = new Float32Array(half);
-  for (let i = 0; i < half; i++) invFreq[i] = Math.fround(1 / Math.fround(Math.pow(theta, Math.fround((2 * i) / headDim))));
+  const B = positions.length, T = positions[0].length;
+  let maxPos = 0;
+  for (const row of positions) for (const p of row) maxPos = Math.max(maxPos, p);
+  const table = ropeTable(headDim, theta, maxPos + 1);
   const cos = new Float32Array(B * T * headDim), sin = new Float32Array(B * T * headDim);
   for (let b = 0; b < B; b++) {
     for (let t = 0; t < T; t++) {
       const o = (b * T + t) * headDim, pos = positions[b][t];
-      for (let i = 0; i < half; i++) {
-        const a = Math.fround(pos * invFreq[i]);
-        cos[o + i] = cos[o + i + half] = Math.cos(a);
-        sin[o + i] = sin[o + i + half] = Math.sin(a);
+      if (Number.isInteger(pos) && pos >= 0) {
+        cos.set(table.cos.subarray(pos * headDim, (pos + 1) * headDim), o);
+        sin.set(table.sin.subarray(pos * headDim, (pos + 1) * headDim), o);
+      } else {
+        ropeRow(pos, table.invFreq, cos, sin, o);
       }
     }
   }
   return { cos: tf.tensor4d(cos, [B, 1, T, headDim]), sin: tf.tensor4d(sin, [B, 1, T, headDim]) };
+}
+
+/** cos / sin rows of positions [0, n) (grown on demand, kept per head size and theta: a step's forward reuses them). */
+interface RopeTable { n: number; invFreq: Float32Array; cos: Float32Array; sin: Float32Array }
+const ropeTables = new Map<string, RopeTable>();
+function ropeTable(headDim: number, theta: number, n: number): RopeTable {
+  const key = `${headDim}|${theta}`;
+  const have = ropeTables.get(key);
+  if (have && have.n >= n) return have;
+  const size = Math.max(n, 2 * (have?.n ?? 0), 256), half = headDim / 2;
+  const invFreq = new Float32Array(half);
+  for (let i = 0; i < half; i++) invFreq[i] = Math.fround(1 / Math.fround(Math.pow(theta, Math.fround((2 * i) / headDim))));
+  const cos = new Float32Array(size * headDim), sin = new Float32Array(size * headDim);
+  for (let pos = 0; pos < size; pos++) ropeRow(pos, invFreq, cos, sin, pos * headDim);
+  const t = { n: size, invFreq, cos, sin };
+  ropeTables.set(key, t);
+  return t;
+}
+
+/** cos / sin of one position into cos[o .. o + D), sin[o .. o + D). */
+function ropeRow(pos: number, invFreq: Float32Array, cos: Float32Array, sin: Float32Array, o: number): void {
+  const half = invFreq.length;
+  for (let i = 0; i < half; i++) {
+    const a = Math.fround(pos * invFreq[i]);
+    cos[o + i] = cos[o + i + half] = Math.cos(a);
+    sin[o + i] = sin[o + i + half] = Math.sin(a);
+  }
 }
 
 /** x * cos + rotate_half(x) * sin, with rotate_half(x) = [-x2, x1]. x: [B, heads, T, D]. */
@@ -92,12 +120,16 @@ export function swiglu(x: tf.Tensor2D, gate: tf.Tensor, up: tf.Tensor, down: tf.
 }
 
 /**
- * Something attached to one linear layer that adds to its output (LoRA). `delta` gets the layer's input
- * and a dropout function that is seeded per decoder block, so a recomputed block draws the same masks.
+ * Something attached to one linear layer that adds to its output (LoRA). `apply` gets the layer's input
+ * and output and draws dropout seeds from a stream seeded per decoder block, so a recomputed block draws
+ * the same masks.
  */
 export interface LinearAdapter {
-  /** [N, out] term added to x·Wᵀ (+ b) for x: [N, in] */
-  delta(x: tf.Tensor2D, dropout: (x: tf.Tensor2D, rate: number) => tf.Tensor2D): tf.Tensor2D;
+  /**
+   * y = x·Wᵀ (+ b) [N, out] plus the adapter's term, for x [N, in]; `dropoutSeed()` draws the seed of a
+   * dropout mask from the model's stream (null outside training)
+   */
+  apply(x: tf.Tensor2D, y: tf.Tensor2D, dropoutSeed: () => number | null): tf.Tensor2D;
   /** the adapter's own parameters (differentiated through checkpointed blocks) */
   variables(): tf.Variable[];
 }
@@ -292,17 +324,11 @@ export class Qwen2ForCausalLM {
       y = linear(x, this.w(name + '.weight'), bias);
     }
     const adapter = this.adapters.get(name);
-    return adapter ? tf.add(y, adapter.delta(x, this.dropout)) as tf.Tensor2D : y;
+    return adapter ? adapter.apply(x, y, this.dropoutSeed) : y;
   }
 
-  /** Inverted dropout in training (identity in eval), masks drawn from the current block's stream. */
-  protected readonly dropout = (x: tf.Tensor2D, rate: number): tf.Tensor2D => {
-    if (!this.training || !(rate > 0)) return x;
-    const rng = this.blockRng ?? this.dropoutRng;
-    if (decoderUsesFusedKernels()) return dropoutFused(x, rate, rng.nextU32());   // mask hashed on the GPU
-    const keep = tf.greaterEqual(tf.randomUniform(x.shape, 0, 1, 'float32', rng.nextU32()), rate);
-    return tf.mul(x, tf.mul(tf.cast(keep, 'float32'), 1 / (1 - rate))) as tf.Tensor2D;
-  };
+  /** The seed of the next dropout mask in training (the current block's stream), null in eval. */
+  protected readonly dropoutSeed = (): number | null => (this.training ? (this.blockRng ?? this.dropoutRng).nextU32() : null);
 
   /** Trainable tensors block `layer` reads: its own weights and its adapters' (checkpointing differentiates these). */
   protected blockVariables(layer: number): tf.Variable[] {

@@ -13,7 +13,9 @@ import * as path from 'path';
 import * as tf from '@tensorflow/tfjs-core';
 import type { LinearAdapter, Qwen2ForCausalLM } from '../model/qwen2';
 import { readSafetensors, writeFileAtomic, writeSafetensors } from '../model/safetensors';
-import { linearMatmul } from '../backend/kernels/linear';
+import { dropoutFused } from '../backend/kernels/dropout';
+import { loraLinear } from '../backend/kernels/lora-linear';
+import { kernelPath } from '../backend/fused';
 import { parameterShapes } from '../model/config';
 import { CheckpointError, ConfigError } from '../errors';
 import { globalRandom, type Random } from '../utils/seed';
@@ -53,10 +55,14 @@ export class LoraLinear implements LinearAdapter {
     readonly dropoutRate: number,
   ) {}
 
-  delta(x: tf.Tensor2D, dropout: (x: tf.Tensor2D, rate: number) => tf.Tensor2D): tf.Tensor2D {
-    // linearMatmul: tsft's matmuls on webgpu (stock tfjs is very slow on these skinny [N, r] shapes), tf.matMul elsewhere
-    const xa = linearMatmul(dropout(x, this.dropoutRate), this.A as tf.Tensor2D);         // [N, r]
-    return tf.mul(linearMatmul(xa, this.B as tf.Tensor2D), this.scale) as tf.Tensor2D;    // [N, out]
+  apply(x: tf.Tensor2D, y: tf.Tensor2D, dropoutSeed: () => number | null): tf.Tensor2D {
+    const seed = this.dropoutRate > 0 ? dropoutSeed() : null;
+    const dropout = seed === null ? null : { rate: this.dropoutRate, seed };
+    // webgpu: four small f32 kernels each way (lora-linear.ts); elsewhere tfjs ops, dropout masks from tf.randomUniform
+    if (kernelPath() === 'webgpu') return loraLinear(x, y, this.A as tf.Tensor2D, this.B as tf.Tensor2D, this.scale, dropout);
+    const xd = dropout ? dropoutFused(x, dropout.rate, dropout.seed) : x;
+    const xa = tf.matMul(xd, this.A, false, true);                                            // [N, r]
+    return tf.add(y, tf.mul(tf.matMul(xa, this.B, false, true), this.scale)) as tf.Tensor2D;  // [N, out]
   }
 
   variables(): tf.Variable[] {

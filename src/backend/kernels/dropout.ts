@@ -9,6 +9,16 @@ import * as tf from '@tensorflow/tfjs-core';
 import '../gradients';
 import { assertFloat32, ElementwiseProgram, onWebGpu, runProgram } from './program';
 
+/** WGSL `fn kLowbias32(v : u32) -> u32`: the hash every dropout mask is drawn with (lora-linear.ts too). */
+export const DROPOUT_HASH_WGSL = `
+    fn kLowbias32(v : u32) -> u32 {
+      var x = v;
+      x = x ^ (x >> 16u); x = x * 0x7feb352du;
+      x = x ^ (x >> 15u); x = x * 0x846ca68bu;
+      x = x ^ (x >> 16u);
+      return x;
+    }`;
+
 /** Applies the mask of (seed, index) to X, scaled by 1 / (1 − rate). */
 class DropoutProgram extends ElementwiseProgram {
   override uniforms = 'seed : u32, rate : f32, scale : f32,';
@@ -18,17 +28,10 @@ class DropoutProgram extends ElementwiseProgram {
   }
 
   getUserCode(): string {
-    return `
-    fn lowbias32(v : u32) -> u32 {
-      var x = v;
-      x = x ^ (x >> 16u); x = x * 0x7feb352du;
-      x = x ^ (x >> 15u); x = x * 0x846ca68bu;
-      x = x ^ (x >> 16u);
-      return x;
-    }
+    return `${DROPOUT_HASH_WGSL}
     fn main(index : i32) {
       if (index >= uniforms.size) { return; }
-      let h = lowbias32(lowbias32(u32(index)) ^ uniforms.seed);
+      let h = kLowbias32(kLowbias32(u32(index)) ^ uniforms.seed);
       let u = f32(h >> 8u) * (1.0 / 16777216.0);
       result[index] = select(0.0, X[index] * uniforms.scale, u >= uniforms.rate);
     }`;

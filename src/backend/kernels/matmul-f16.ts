@@ -31,7 +31,7 @@
 
 import * as tf from '@tensorflow/tfjs-core';
 import { currentDevice, getGpuAdapterInfo } from '../device';
-import { ElementwiseProgram, gpuBufferOf, onWebGpu, runProgram, sizeOf, uninitialised, webgpuBackend, type BackendInternals, type LayoutA, type LayoutB, pipelineFor } from './program';
+import { ElementwiseProgram, gpuBufferOf, onWebGpu, recordDispatch, runProgram, sizeOf, uninitialised, webgpuBackend, type BackendInternals, type LayoutA, type LayoutB, pipelineFor } from './program';
 
 // ---------------------------------------------------------------------------------------------------
 // Tiles
@@ -604,11 +604,15 @@ function deviceAdapterInfo(device: GPUDevice): GPUAdapterInfo | undefined {
   return (device as unknown as { adapterInfo?: GPUAdapterInfo }).adapterInfo;
 }
 
+const pathOfDevice = new WeakMap<GPUDevice, 'subgroup-matrix' | 'simt'>();
+
 /** Which program runs on this device: 'subgroup-matrix' (tensor cores) or 'simt' (the fallback). */
 export function matmulF16Path(): 'subgroup-matrix' | 'simt' | 'tfjs' {
   if (!onWebGpu()) return 'tfjs';
   const device = webgpuBackend().device;
-  return hasSubgroupMatrix(device, deviceAdapterInfo(device)) ? 'subgroup-matrix' : 'simt';
+  let path = pathOfDevice.get(device);
+  if (!path) pathOfDevice.set(device, (path = hasSubgroupMatrix(device, deviceAdapterInfo(device)) ? 'subgroup-matrix' : 'simt'));
+  return path;
 }
 
 /**
@@ -665,13 +669,9 @@ export function matMulF16(a: Operand, b: Operand, transposeA = false, transposeB
     const ubuf = backend.bufferManager.acquireBuffer(48, GPUBufferUsage.UNIFORM | GPUBufferUsage.COPY_DST);
     device.queue.writeBuffer(ubuf, 0, dimsBytes(dims));
     internals.uniformPendingDisposal.push(ubuf);
-    const bufs = [gpuBufferOf(ha.packed), gpuBufferOf(hb.packed), gpuBufferOf(out)];
-    backend.ensureCommandEncoderReady();
-    backend.endComputePassEncoder();
-    const pass = internals.commandEncoder!.beginComputePass();
-    encodeMatmulF16(device, pass, program, bufs[0], bufs[1], bufs[2], ubuf);
-    pass.end();
-    backend.submitQueue();
+    const buffers = [gpuBufferOf(ha.packed), gpuBufferOf(hb.packed), gpuBufferOf(out), ubuf];
+    // into tfjs's compute pass, submitted with its batch (a pass and a submit per matmul cost ~0.1 ms of CPU)
+    recordDispatch([{ pipeline: pipelineFor(device, program), buffers, workgroups: program.dispatch }], [ha.packed, hb.packed, out]);
     if (!padded) return out;
     const cut = tf.reshape(tf.slice(out, [0], [size]), outShape);
     out.dispose();

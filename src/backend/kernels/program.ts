@@ -66,7 +66,50 @@ export function uninitialised(shape: number[], dtype: tf.DataType = 'float32'): 
 /** tfjs-backend-webgpu internals that tsft's own passes need (private in its typings). */
 export interface BackendInternals {
   commandEncoder: GPUCommandEncoder | null;
+  computePassEncoder: GPUComputePassEncoder | null;
   uniformPendingDisposal: GPUBuffer[];
+  /** data ids that recorded, not yet submitted, work uses: their buffers go back to the pool after the submit */
+  commandQueueOwnedIds: WeakSet<object>;
+  dispatchCountInPass: number;
+}
+
+/** One dispatch of a pipeline tsft builds itself (not a tfjs Program): what {@link recordDispatch} records. */
+export interface OwnDispatch {
+  pipeline: GPUComputePipeline;
+  /** buffers bound at 0, 1, … of group 0 */
+  buffers: GPUBuffer[];
+  workgroups: [number, number, number];
+}
+
+/**
+ * Records dispatches of tsft's own pipelines into tfjs's current compute pass, as tfjs records its own
+ * programs: no pass of their own, no submit of their own (tfjs submits every
+ * WEBGPU_DEFERRED_SUBMIT_BATCH_SIZE dispatches, counting these). `tensors` are every tensor the dispatches
+ * read or write: until the submit their buffers stay out of tfjs's pool even if they are disposed, so an
+ * upload (queue.writeBuffer, which runs before the recorded work) cannot land in a buffer this work still
+ * reads. Uniform buffers must be in `uniformPendingDisposal` (released after the submit) as tfjs's are.
+ */
+export function recordDispatch(dispatches: OwnDispatch[], tensors: tf.Tensor[]): void {
+  const backend = webgpuBackend();
+  const b = backend as unknown as BackendInternals;
+  for (const t of tensors) b.commandQueueOwnedIds.add(t.dataId);
+  backend.ensureCommandEncoderReady();
+  if (!b.computePassEncoder) b.computePassEncoder = b.commandEncoder!.beginComputePass({});
+  const pass = b.computePassEncoder;
+  for (const d of dispatches) {
+    const bindGroup = backend.device.createBindGroup({
+      layout: d.pipeline.getBindGroupLayout(0),
+      entries: d.buffers.map((buffer, binding) => ({ binding, resource: { buffer } })),
+    });
+    pass.setPipeline(d.pipeline);
+    pass.setBindGroup(0, bindGroup);
+    pass.dispatchWorkgroups(...d.workgroups);
+    b.dispatchCountInPass++;
+  }
+  if (b.dispatchCountInPass >= (tf.env().get('WEBGPU_DEFERRED_SUBMIT_BATCH_SIZE') as number)) {
+    backend.endComputePassEncoder();
+    backend.submitQueue();
+  }
 }
 
 /** The GPU buffer behind tensor `t` on the webgpu backend (uploaded first if it still lives on the CPU). */

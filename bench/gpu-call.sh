@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# Issues 7 and 8 in one GPU-box call: kernel tests on the card, then every bench beside its PyTorch
+# reference, each under its own time limit so one slow part cannot eat the others. Results go to $OUT.
+#
+#   here:  ../shared/gpu/pack.sh bench/train-step.ts bench/attention.ts bench/cross-entropy.ts \
+#            bench/profile-step.ts bench/mixed-curve.ts tests/flash-attention.test.ts \
+#            tests/cross-entropy.test.ts tests/mixed-precision.test.ts
+#   box:   bash bench/gpu-call.sh [.gpu] [parts]      (carry [".gpu"]; parts: comma list, default all)
+#   here:  npx tsx bench/report.ts --name <device>-issues-7-8 <files_at>/ours.jsonl <files_at>/ref.jsonl
+#
+# parts (run in the order given): tests, ce, attention, steps, curve, profile.
+set -u
+GPU=${1:-.gpu}
+PARTS=,${2:-tests,ce,attention,steps,curve,profile},
+FINAL=${OUT:-/tmp/out}
+# everything is written under $OUT (a work folder) and packed into $FINAL/results.tgz at the end: the
+# GPU box hands back only a few files
+OUT=/tmp/gpu-call-results
+rm -rf "$OUT"; mkdir -p "$OUT" "$FINAL"
+# bundles may travel xz-compressed (the box's carry limit is 64 MiB)
+for f in "$GPU"/*.mjs.xz; do [[ -f $f ]] && xz -dc "$f" > "${f%.xz}"; done
+source "$GPU/setup.sh"
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader > "$OUT/device.txt" 2>&1
+stamp() { echo "[$(date +%T)] $*"; }
+
+part_tests() {
+  for t in flash-attention cross-entropy mixed-precision; do
+    [[ -f $GPU/$t.test.mjs ]] || continue
+    stamp "test $t"
+    CI=1 timeout 150 node --test "$GPU/$t.test.mjs" > "$OUT/test-$t.log" 2>&1
+    echo "rc=$?" >> "$OUT/test-$t.log"; grep -E '^# (tests|pass|fail)' "$OUT/test-$t.log" | tr '\n' ' '; echo
+  done
+}
+part_ce() {
+  stamp "cross-entropy"
+  timeout 100 node "$GPU/cross-entropy.mjs" --out "$OUT/ce-ours.json" > "$OUT/ce-ours.log" 2>&1
+  timeout 60 python3 bench/cross_entropy_ref.py --out "$OUT/ce-ref.json" > "$OUT/ce-ref.log" 2>&1
+}
+part_attention() {
+  stamp "attention"
+  timeout 120 node "$GPU/attention.mjs" --budget-s 100 --out "$OUT/attention.jsonl" > "$OUT/attention.log" 2>&1
+  timeout 60 python3 bench/attention_ref.py --out "$OUT/attention-ref.jsonl" > "$OUT/attention-ref.log" 2>&1
+}
+CASES_OURS=${CASES_OURS:-qwen3-0.6b:full:2048:fp32,qwen3-0.6b:full:2048:f16,qwen2.5-3b:lora:2048:f16:ckpt,qwen3-4b:full:2048:f16:ckpt}
+CASES_REF=${CASES_REF:-qwen3-0.6b:full:2048:fp32,qwen3-0.6b:full:2048:bf16,qwen2.5-3b:lora:2048:bf16:ckpt,qwen3-4b:full:2048:bf16:ckpt}
+part_steps() {
+  stamp "train steps"
+  timeout 260 node "$GPU/train-step.mjs" --no-attention --no-decode --steps 2 --budget-s 240 --cases "$CASES_OURS" --out "$OUT/ours.jsonl" > "$OUT/ours.log" 2>&1
+  timeout 130 python3 bench/reference.py --no-attention --steps 2 --budget-s 120 --cases "$CASES_REF" --out "$OUT/ref.jsonl" > "$OUT/ref.log" 2>&1
+}
+part_curve() {
+  stamp "mixed curve"
+  timeout 150 node "$GPU/mixed-curve.mjs" --out "$OUT/mixed-curve.json" > "$OUT/mixed-curve.log" 2>&1
+}
+part_profile() {
+  stamp "profile"
+  timeout 120 node "$GPU/profile-step.mjs" ${PROFILE_ARGS:---model qwen2.5-3b --layers 4 --seq 2048 --dtype float16 --lora --ckpt --no-matmul} --out "$OUT/profile.json" > "$OUT/profile.log" 2>&1
+}
+for p in ${PARTS//,/ }; do "part_$p"; done
+stamp done
+for f in "$OUT"/*.log; do echo "== $f"; tail -n 3 "$f" | cut -c1-400; done
+tar czf "$FINAL/results.tgz" -C "$OUT" .

@@ -2,8 +2,10 @@
 //
 // crossEntropyLogits on webgpu (lavapipe in CI, the H100 on the GPU box) against its tfjs-op fallback on
 // the cpu backend (itself checked against float64): token losses, mean / sum, the correct count and
-// dLogits, with ignore_index rows, on vocabularies that are a multiple of 4 (vec4 rows) and that are not
-// (element by element), none a multiple of the 256-thread workgroup. The f16 gradient kernel against the
+// dLogits (of the mean, of 3·sum, of per-row weights), with ignore_index rows, on vocabularies that are a
+// multiple of 4 (vec4 rows) and that are not (element by element), none a multiple of the 256-thread
+// workgroup. The statistics over rows split into 1–7 slices and the gradient at 1–8 units per thread agree
+// (argmax ties across slices go to the lowest column). The f16 gradient kernel against the
 // f32 one rounded to f16, also written into a bigger tensor at a row offset. crossEntropyFromHiddenF16
 // (lavapipe: the SIMT f16 matmul; H100: subgroup matrices) against the fp32 loss with f16 tolerances:
 // loss, correct, dHidden, dW over several token chunks, with the caller's f16 weight copy, without dW
@@ -57,7 +59,7 @@ describe('crossEntropyLogits', () => {
     const x = values(N * V, V, 4);
     const labels = makeLabels(x, N, V);
 
-    /** [token losses, mean loss, sum loss, correct, dLogits of mean, dLogits of Σ r·token loss] */
+    /** [token losses, mean loss, sum loss, correct, dLogits of mean, dLogits of Σ r·token loss, dLogits of 3·sum] */
     async function run(): Promise<Float32Array[]> {
       const logits = tf.tensor2d(x, [N, V]), lab = tf.tensor1d(labels, 'int32');
       const r = tf.tensor1d(values(N, 5));
@@ -66,8 +68,10 @@ describe('crossEntropyLogits', () => {
       const sum = crossEntropyLogits(logits, lab, 'sum');
       const [gMean] = tf.grads((a: tf.Tensor) => crossEntropyLogits(a as tf.Tensor2D, lab).loss)([logits]);
       const [gRows] = tf.grads((a: tf.Tensor) => tf.sum(tf.mul(crossEntropyLogits(a as tf.Tensor2D, lab, 'none').loss, r)))([logits]);
-      const out = [await read(none.loss), await read(mean.loss), await read(sum.loss), await read(mean.correct), await read(gMean), await read(gRows)];
-      tf.dispose([logits, lab, r, none.loss, none.correct, mean.loss, mean.correct, sum.loss, sum.correct, gMean, gRows]);
+      const [gSum] = tf.grads((a: tf.Tensor) => tf.mul(crossEntropyLogits(a as tf.Tensor2D, lab, 'sum').loss, 3))([logits]);
+      assert.deepEqual([none.loss.shape, mean.loss.shape, sum.loss.shape, mean.correct.shape], [[N], [], [], []], 'shapes');
+      const out = [await read(none.loss), await read(mean.loss), await read(sum.loss), await read(mean.correct), await read(gMean), await read(gRows), await read(gSum)];
+      tf.dispose([logits, lab, r, none.loss, none.correct, mean.loss, mean.correct, sum.loss, sum.correct, gMean, gRows, gSum]);
       return out;
     }
 
@@ -90,6 +94,7 @@ describe('crossEntropyLogits', () => {
         return labels[i] === -100 ? 0 : (Math.exp(x[e] - lse[i]) - (v === labels[i] ? 1 : 0)) / counted;
       });
       assertClose(want[4], g, 'cpu dLogits of the mean vs float64', 1e-5);
+      assertClose(want[6], g.map((v) => 3 * counted * v), 'cpu dLogits of 3·sum vs float64', 1e-5);
       if (!(await onGpu(t))) return;
       const tensors = tf.memory().numTensors;
       const got = await run();
@@ -98,6 +103,7 @@ describe('crossEntropyLogits', () => {
       ['token losses', 'mean', 'sum'].forEach((what, k) => assertClose(got[k], want[k], what, 1e-5));
       assertClose(got[4], want[4], 'dLogits (mean)', 1e-5);
       assertClose(got[5], want[5], 'dLogits (per-row upstream gradients)', 1e-5);
+      assertClose(got[6], want[6], 'dLogits (3·sum: one upstream gradient)', 1e-5);
       for (const i of [1, 5]) assert.ok(got[5].subarray(i * V, i * V + V).every((v) => v === 0), `ignored row ${i} has zero gradient`);
     });
   }
@@ -107,6 +113,44 @@ describe('crossEntropyLogits', () => {
     assert.throws(() => crossEntropyLogits(tf.zeros([2, 3]) as tf.Tensor2D, tf.tensor1d([0, 1, 2], 'int32')), /logits \[N, V\] and labels \[N\]/);
     assert.throws(() => crossEntropyLogits(tf.zeros([2, 3]) as tf.Tensor2D, tf.tensor1d([0, 1])), /int32/);
   });
+});
+
+describe('the logits kernels\' work split', () => {
+  for (const V of [5004, 998, 997]) {
+    test(`V = ${V}: statistics over 1, 2, 3, 7 slices per row and gradients at 1, 3, 8 units per thread agree; argmax ties go to the lowest column`, async (t) => {
+      if (!(await onGpu(t))) return;
+      const N = 7;
+      const x = values(N * V, 11 * V, 4);
+      // row 2: constant (every column ties); row 4: its maximum twice, in the first and the last slice
+      x.fill(0.5, 2 * V, 3 * V);
+      x[4 * V + 3] = 9;
+      x[4 * V + V - 2] = 9;
+      const labels = Int32Array.from([7 % V, -100, 0, 3, V - 2, 11, 12]);
+      const logits = tf.tensor2d(x, [N, V]), lab = tf.tensor1d(labels, 'int32'), dy = tf.tensor1d(values(N, 9));
+      const stats = await Promise.all([1, 2, 3, 7].map(async (split) => {
+        const s = logitsStats(logits, lab, 0, split);
+        const v = await read(s);
+        s.dispose();
+        return v;
+      }));
+      for (const s of stats.slice(1)) {
+        assertClose(s.subarray(0, 2 * N), stats[0].subarray(0, 2 * N), 'loss and lse', 1e-6);
+        assert.deepEqual(Array.from(s.subarray(2 * N)), Array.from(stats[0].subarray(2 * N)), 'hits and counted');
+      }
+      assert.deepEqual(Array.from(stats[0].subarray(2 * N, 3 * N)), [0, 0, 1, 0, 0, 0, 0], 'ties: column 0 of the constant row, column 3 (not V − 2) of row 4');
+      assert.ok(Math.abs(stats[0][N + 2] - (0.5 + Math.log(V))) < 1e-5, 'lse of the constant row');
+      const s = logitsStats(logits, lab);
+      const grads = await Promise.all([1, 3, 8].map(async (perThread) => {
+        const g = logitsGrad(logits, lab, s, dy, { perThread }) as tf.Tensor;
+        const v = await read(g);
+        g.dispose();
+        return v;
+      }));
+      for (const g of grads.slice(1)) assert.deepEqual(g, grads[0], 'the same gradient');
+      assert.ok(grads[0].subarray(V, 2 * V).every((v) => v === 0), 'ignored row');
+      tf.dispose([logits, lab, dy, s]);
+    });
+  }
 });
 
 describe('logitsGrad in f16', () => {

@@ -10,9 +10,11 @@
 //    FLOPs, forward + backward: 4·2·N·H·V (one matmul forward, three backward).
 // 2. Over logits (crossEntropyLogits): logits [N, V] f32 and labels [N] (ignore_index -100) → loss (mean
 //    over the labelled rows, sum, or per row) and the argmax-correct count, as a tfjs op with gradient.
-//    Two bandwidth-bound row kernels: CeLogitsStatsProgram reads each row once (online log-sum-exp, argmax,
-//    label logit), CeLogitsGradProgram reads it again and writes (softmax − onehot)·scale — as f32, or as
-//    f16 halves packed two per int32 (a HalfTensor for the f16 matmuls).
+//    Bandwidth-bound kernels: CeLogitsPartialProgram reads each row once (online log-sum-exp and argmax
+//    per row, or per slice when rows are few) and CeLogitsFinishProgram merges the slices with the label
+//    logit; CeStatsReduceProgram makes the loss and the count; CeLogitsGradProgram reads the logits again
+//    and writes (softmax − onehot)·scale, elementwise — as f32, or as f16 halves packed two per int32 (a
+//    HalfTensor for the f16 matmuls).
 // 3. From hidden states under mixed precision (crossEntropyFromHiddenF16, computeDtype 'float16' on
 //    webgpu): token chunks of logits = h·Wᵀ on matMulF16 (f16 operands, f32 out), the row kernels of 2 on
 //    each chunk writing G = (softmax − onehot)·2^15 in f16, then dH = G·W and dW = Gᵀ·h on matMulF16 — all in
@@ -32,6 +34,7 @@ import {
   matmulMain,
   matmulUniforms,
   onWebGpu,
+  blockSumWgsl,
   pickTile,
   runProgram,
   TiledMatmulProgram,
@@ -328,15 +331,30 @@ export function crossEntropyFromHidden(
 }
 
 // ---------------------------------------------------------------------------------------------------
-// Cross-entropy over logits [N, V]: two row kernels, one workgroup of CE_WG threads per row. Rows whose
-// vocabulary is a multiple of 4 are read as vec4s (16-byte loads; f32 gradients written as vec4s, f16
-// ones as pairs of packed words); other vocabularies element by element (an f16 gradient then needs V even:
-// a packed word must not straddle two rows).
+// Cross-entropy over logits [N, V]: bandwidth-bound kernels over the rows. A row is read in units of 4
+// logits (vec4, 16-byte loads) when V is a multiple of 4, else 1 by 1 (an f16 gradient then in pairs: V
+// even, a packed word must not straddle two rows).
+// - statistics: one workgroup of CE_WG threads per row (online log-sum-exp and argmax), or per slice of a
+//   row when there are too few rows to fill the GPU (CE_MIN_GROUPS), then one thread per row merges its
+//   slices (CeLogitsFinishProgram). On the H200 (2026-11-28) one workgroup per row read 2048 × 151,936 in
+//   0.31 ms (4.1 TB/s); 4, 10, 40 slices per row were 1.1×, 1.3×, 3.8× slower (each slice's reduction costs).
+// - gradient: elementwise over the flat [N, V] (CE_GRAD_PER_THREAD units per thread, all loads issued
+//   before the stores), each unit finding its row's lse, label and upstream gradient by one division: as
+//   fast as a workgroup per row at 2048 rows (0.59 ms on the H200: 4.2 TB/s), and independent of the row count.
+// - the loss (mean, sum or per row) and the correct count: one small workgroup over the [4, N] statistics
+//   (CeStatsReduceProgram), so that the op adds no tfjs kernels of its own: tfjs's slice / sum / div on the
+//   statistics and their gradients cost ~0.4 ms of GPU time per step on the H200, plus their CPU dispatch.
 
-/** Threads per row. */
+/** Threads per workgroup of the row kernels. */
 const CE_WG = 256;
-/** vec4 loads each thread issues before using them (memory-level parallelism of the row kernels). */
+/** vec4 loads each thread of the statistics kernel issues before using them (memory-level parallelism). */
 const CE_UNROLL = 4;
+/** Workgroups the statistics kernel aims at (a few per SM): fewer rows than this are split into slices. */
+const CE_MIN_GROUPS = 2048;
+/** Fewest units (vec4s or logits) per thread of a slice. */
+const CE_MIN_PER_THREAD = 8;
+/** Units per thread of the gradient kernel (H200, 2048 × 151,936 f32: 2, 4, 8 → 0.81, 0.59, 0.59 ms). */
+const CE_GRAD_PER_THREAD = 8;
 const range = (n: number) => Array.from({ length: n }, (_, i) => i);
 
 /** Label of a row that takes no part in the loss (PyTorch's default ignore_index). */
@@ -346,45 +364,42 @@ export const IGNORE_INDEX = -100;
 const HALF_GRAD_SCALE = 2 ** 15;
 
 /**
- * Per row of logits [rows, V] (row r's label at Labels[labelOff + r]): result [4, rows] = (token loss,
- * log-sum-exp, 1 if argmax = label else 0, 1 if the row is labelled else 0). A row labelled -100 has
- * loss 0 and counts 0; a label outside [0, V) otherwise gives loss NaN (PyTorch raises). Argmax ties go
- * to the lowest index (as tf.argMax).
+ * Per slice of a row of logits [rows, V] (units [part·chunk, min((part + 1)·chunk, n)) of the row's n
+ * units): result [rows, split, 4] = (max, Σexp(x − max), argmax, 0), the argmax the lowest column holding
+ * the maximum. A slice with no units gives (-3e38, 0, 0).
  */
-class CeLogitsStatsProgram extends GroupedProgram {
-  override uniforms = 'rows : i32, V : i32, labelOff : i32,';
+class CeLogitsPartialProgram extends GroupedProgram {
+  override uniforms = 'rows : i32, V : i32, split : i32, chunk : i32,';
   variableComponents: number[];
 
-  constructor(rows: number, readonly vec: boolean) {
-    super(['Logits', 'Labels'], [4, rows], `tsft_ce_logits_stats_${vec ? 'v4' : 's'}_${CE_WG}_u${CE_UNROLL}`, rows, CE_WG);
-    this.variableComponents = [vec ? 4 : 1, 1];
+  constructor(rows: number, split: number, readonly vec: boolean) {
+    super(['Logits'], [rows, split, 4], `tsft_ce_logits_partial_${vec ? 'v4' : 's'}_${CE_WG}_u${CE_UNROLL}`, rows * split, CE_WG);
+    this.variableComponents = [vec ? 4 : 1];
   }
 
   getUserCode(): string {
+    const U = CE_UNROLL;
     const scan = this.vec
       ? `
-      let n4 = uniforms.V / 4;
-      let base = row * n4;
-      var j = tid;
-      // ${CE_UNROLL} loads in flight per thread, then one online update over their ${4 * CE_UNROLL} values
-      for (; j + ${(CE_UNROLL - 1) * CE_WG} < n4; j = j + ${CE_UNROLL * CE_WG}) {
-        ${range(CE_UNROLL).map((u) => `let x${u} = Logits[base + j + ${u * CE_WG}];`).join('\n        ')}
-        ${range(CE_UNROLL).map((u) => `let m${u} = max(max(x${u}.x, x${u}.y), max(x${u}.z, x${u}.w));`).join('\n        ')}
-        let mx = ${range(CE_UNROLL).map((u) => `m${u}`).reduce((a, b) => `max(${a}, ${b})`)};
+      // ${U} loads in flight per thread, then one online update over their ${4 * U} values
+      for (; j + ${(U - 1) * CE_WG} < hi; j = j + ${U * CE_WG}) {
+        ${range(U).map((u) => `let x${u} = Logits[base + j + ${u * CE_WG}];`).join('\n        ')}
+        ${range(U).map((u) => `let m${u} = max(max(x${u}.x, x${u}.y), max(x${u}.z, x${u}.w));`).join('\n        ')}
+        let mx = ${range(U).map((u) => `m${u}`).reduce((a, b) => `max(${a}, ${b})`)};
         if (mx > m) {
           s = s * exp(m - mx);
           m = mx;
           // the first (lowest-column) load holding the maximum
-          var jb = j + ${(CE_UNROLL - 1) * CE_WG};
-          var xb = x${CE_UNROLL - 1};
-          ${range(CE_UNROLL - 1).reverse().map((u) => `if (m${u} == mx) { jb = j + ${u * CE_WG}; xb = x${u}; }`).join('\n          ')}
+          var jb = j + ${(U - 1) * CE_WG};
+          var xb = x${U - 1};
+          ${range(U - 1).reverse().map((u) => `if (m${u} == mx) { jb = j + ${u * CE_WG}; xb = x${u}; }`).join('\n          ')}
           arg = 4 * jb + ceFirstLane(xb, mx);
         }
         let mm = vec4<f32>(m);
-        let e = ${range(CE_UNROLL).map((u) => `exp(x${u} - mm)`).join(' + ')};
+        let e = ${range(U).map((u) => `exp(x${u} - mm)`).join(' + ')};
         s = s + (e.x + e.y) + (e.z + e.w);
       }
-      for (; j < n4; j = j + ${CE_WG}) {
+      for (; j < hi; j = j + ${CE_WG}) {
         let x = Logits[base + j];
         let mx = max(max(x.x, x.y), max(x.z, x.w));
         if (mx > m) {
@@ -396,8 +411,7 @@ class CeLogitsStatsProgram extends GroupedProgram {
         s = s + (e.x + e.y) + (e.z + e.w);
       }`
       : `
-      let base = row * uniforms.V;
-      for (var j = tid; j < uniforms.V; j = j + ${CE_WG}) {
+      for (; j < hi; j = j + ${CE_WG}) {
         let x = Logits[base + j];
         if (x > m) {
           s = s * exp(m - x);
@@ -406,7 +420,6 @@ class CeLogitsStatsProgram extends GroupedProgram {
         }
         s = s + exp(x - m);
       }`;
-    const logitAt = this.vec ? 'Logits[row * (uniforms.V / 4) + t / 4][t % 4]' : 'Logits[row * uniforms.V + t]';
     return `
     var<workgroup> ceRed : array<vec3<f32>, ${CE_WG}>;
     ${MERGE_WGSL}
@@ -414,13 +427,19 @@ class CeLogitsStatsProgram extends GroupedProgram {
       return select(select(select(3, 2, x.z == mx), 1, x.y == mx), 0, x.x == mx);
     }
     fn main() {
-      let row = ${FLAT_WORKGROUP};
+      let item = ${FLAT_WORKGROUP};
+      let row = item / uniforms.split;
+      let part = item - row * uniforms.split;
       let tid = i32(localIndex);
       let live = row < uniforms.rows;
+      let n = uniforms.V${this.vec ? ' / 4' : ''};
       var m = ${NO_LOGIT};
       var s = 0.0;
       var arg = 0;
-      if (live) {${scan}
+      if (live) {
+        let base = row * n;
+        let hi = min(n, (part + 1) * uniforms.chunk);
+        var j = part * uniforms.chunk + tid;${scan}
       }
       ceRed[tid] = vec3<f32>(m, s, f32(arg));
       workgroupBarrier();
@@ -430,117 +449,172 @@ class CeLogitsStatsProgram extends GroupedProgram {
       }
       if (tid == 0 && live) {
         let total = ceRed[0];
-        let t = Labels[uniforms.labelOff + row];
-        let lse = total.x + log(total.y);
-        var loss = 0.0;
-        var hit = 0.0;
-        var counted = 0.0;
-        if (t != ${IGNORE_INDEX}) {
-          counted = 1.0;
-          if (t >= 0 && t < uniforms.V) {
-            loss = lse - ${logitAt};
-            hit = select(0.0, 1.0, i32(total.z) == t);
-          } else {
-            loss = uniforms.NAN;
-          }
-        }
-        result[row] = loss;
-        result[uniforms.rows + row] = lse;
-        result[2 * uniforms.rows + row] = hit;
-        result[3 * uniforms.rows + row] = counted;
+        let at = 4 * item;
+        result[at] = total.x;
+        result[at + 1] = total.y;
+        result[at + 2] = total.z;
+        result[at + 3] = 0.0;
       }
     }`;
   }
 }
 
 /**
+ * Merges each row's slices (one thread per row; Part [rows, split, 4] from CeLogitsPartialProgram, row r's
+ * label at Labels[labelOff + r]): result [4, rows] = (token loss, log-sum-exp, 1 if argmax = label else 0,
+ * 1 if the row is labelled else 0). A row labelled -100 has loss 0 and counts 0; a label outside [0, V)
+ * otherwise gives loss NaN (PyTorch raises). Argmax ties go to the lowest index (as tf.argMax).
+ */
+class CeLogitsFinishProgram extends GroupedProgram {
+  override uniforms = 'rows : i32, V : i32, split : i32, labelOff : i32,';
+  variableComponents: number[];
+
+  constructor(rows: number, readonly vec: boolean) {
+    super(['Logits', 'Labels', 'Part'], [4, rows], `tsft_ce_logits_finish_${vec ? 'v4' : 's'}`, Math.ceil(rows / 64), 64);
+    this.variableComponents = [vec ? 4 : 1, 1, 4];
+  }
+
+  getUserCode(): string {
+    const logitAt = this.vec ? 'Logits[row * (uniforms.V / 4) + t / 4][t % 4]' : 'Logits[row * uniforms.V + t]';
+    return `
+    ${MERGE_WGSL}
+    fn main() {
+      let row = ${FLAT_WORKGROUP} * 64 + i32(localIndex);
+      if (row >= uniforms.rows) { return; }
+      var total = Part[row * uniforms.split].xyz;
+      for (var p = 1; p < uniforms.split; p = p + 1) { total = ceMerge(total, Part[row * uniforms.split + p].xyz); }
+      let t = Labels[uniforms.labelOff + row];
+      let lse = total.x + log(total.y);
+      var loss = 0.0;
+      var hit = 0.0;
+      var counted = 0.0;
+      if (t != ${IGNORE_INDEX}) {
+        counted = 1.0;
+        if (t >= 0 && t < uniforms.V) {
+          loss = lse - ${logitAt};
+          hit = select(0.0, 1.0, i32(total.z) == t);
+        } else {
+          loss = uniforms.NAN;
+        }
+      }
+      result[row] = loss;
+      result[uniforms.rows + row] = lse;
+      result[2 * uniforms.rows + row] = hit;
+      result[3 * uniforms.rows + row] = counted;
+    }`;
+  }
+}
+
+/**
+ * Where the gradient kernel's g comes from: the uniform `scale`; Dy[r] per row ('rows': row 0 of a [4, N]
+ * or an [N] upstream gradient); Dy[0] for every row ('scalar'), divided by Den[0] ('scalarDiv').
+ */
+type GradScale = 'uniform' | 'rows' | 'scalar' | 'scalarDiv';
+
+/**
  * The gradient of the token losses w.r.t. logits [rows, V]: (exp(x − lse) − onehot(label))·g per row,
- * zero on rows labelled -100; lse from Stats[statsN + r] (row 1 of a [4, statsN] stats tensor), g =
- * Dy[r] ('dy': row 0 of the [4, N] upstream gradient) or the uniform `scale`. Output at `outOff` (in
- * output elements: vec4s / vec2 words when vectorised, else f32s / words): f32 [rows, V], or f16 halves
- * packed two per int32 word (round to nearest; |g| must stay within f16's range).
+ * zero on rows labelled -100; lse from Stats[statsN + r] (row 1 of a [4, statsN] stats tensor), g as
+ * {@link GradScale} says. Elementwise over the rows'
+ * units (vec4s, f16 pairs, or single logits), `per` units a thread. Output at `outOff` (in output
+ * elements: a vec4 or a vec2 of packed words per vec4 unit, one packed word per pair, one f32 per logit):
+ * f32 [rows, V], or f16 halves packed two per int32 word (round to nearest; |g| must stay within f16's range).
  */
 class CeLogitsGradProgram extends GroupedProgram {
   override uniforms = 'rows : i32, V : i32, labelOff : i32, statsN : i32, outOff : i32, scale : f32,';
   variableComponents: number[];
   outputComponent: number;
+  /** logits per unit: 4 (vec4 rows), 2 (f16 pairs), 1 */
+  readonly width: number;
 
-  constructor(rows: number, V: number, readonly vec: boolean, readonly out: 'float32' | 'float16', readonly scaleFrom: 'dy' | 'uniform') {
+  constructor(rows: number, V: number, readonly vec: boolean, readonly out: 'float32' | 'float16', readonly scaleFrom: GradScale, readonly per = CE_GRAD_PER_THREAD) {
+    const width = vec ? 4 : out === 'float16' ? 2 : 1;
+    const extra = scaleFrom === 'uniform' ? [] : scaleFrom === 'scalarDiv' ? ['Dy', 'Den'] : ['Dy'];
     super(
-      ['Logits', 'Labels', 'Stats', ...(scaleFrom === 'dy' ? ['Dy'] : [])],
+      ['Logits', 'Labels', 'Stats', ...extra],
       out === 'float32' ? [rows, V] : [Math.ceil((rows * V) / 2)],
-      `tsft_ce_logits_grad_${vec ? 'v4' : 's'}_${out}_${scaleFrom}_${CE_WG}_u${CE_UNROLL}`,
-      rows,
+      `tsft_ce_logits_grad_w${width}_${out}_${scaleFrom}_${CE_WG}_p${per}`,
+      Math.ceil((rows * V) / width / (CE_WG * per)),
       CE_WG,
     );
-    this.variableComponents = [vec ? 4 : 1, 1, 1, ...(scaleFrom === 'dy' ? [1] : [])];
+    this.width = width;
+    this.variableComponents = [vec ? 4 : 1, 1, 1, ...extra.map(() => 1)];
     this.outputComponent = vec ? (out === 'float32' ? 4 : 2) : 1;
   }
 
   getUserCode(): string {
-    const f16 = this.out === 'float16';
+    const f16 = this.out === 'float16', w = this.width, P = this.per;
     const pack = (a: string, b: string) => `bitcast<i32>(pack2x16float(vec2<f32>(${a}, ${b})))`;
-    let body: string;
-    if (this.vec) {
-      const zero = f16 ? 'vec2<i32>(0)' : 'vec4<f32>(0.0)';
-      const write = f16 ? `vec2<i32>(${pack('p.x', 'p.y')}, ${pack('p.z', 'p.w')})` : 'p';
-      body = `
-      let n4 = uniforms.V / 4;
-      let base = row * n4;
-      let at = uniforms.outOff + base;
-      if (t == ${IGNORE_INDEX}) {
-        for (var j = tid; j < n4; j = j + ${CE_WG}) { result[at + j] = ${zero}; }
-        return;
-      }
-      let hot = vec4<i32>(t) - vec4<i32>(0, 1, 2, 3);
-      let ll = vec4<f32>(lse);
-      let gg = vec4<f32>(g);
-      var j = tid;
-      for (; j + ${(CE_UNROLL - 1) * CE_WG} < n4; j = j + ${CE_UNROLL * CE_WG}) {
-        ${range(CE_UNROLL).map((u) => `let x${u} = Logits[base + j + ${u * CE_WG}];`).join('\n        ')}
-        ${range(CE_UNROLL).map((u) => `{ let p = exp(x${u} - ll) * gg - select(vec4<f32>(0.0), gg, vec4<i32>(4 * (j + ${u * CE_WG})) == hot); result[at + j + ${u * CE_WG}] = ${write}; }`).join('\n        ')}
-      }
-      for (; j < n4; j = j + ${CE_WG}) {
-        let p = exp(Logits[base + j] - ll) * gg - select(vec4<f32>(0.0), gg, vec4<i32>(4 * j) == hot);
-        result[at + j] = ${write};
-      }`;
-    } else if (f16) {
-      body = `
-      let n2 = uniforms.V / 2;
-      let base = row * uniforms.V;
-      let at = uniforms.outOff + row * n2;
-      if (t == ${IGNORE_INDEX}) {
-        for (var j = tid; j < n2; j = j + ${CE_WG}) { result[at + j] = 0; }
-        return;
-      }
-      for (var j = tid; j < n2; j = j + ${CE_WG}) {
-        let c = 2 * j;
-        let x = vec2<f32>(Logits[base + c], Logits[base + c + 1]);
-        let p = exp(x - vec2<f32>(lse)) * g - select(vec2<f32>(0.0), vec2<f32>(g), vec2<i32>(c) == vec2<i32>(t) - vec2<i32>(0, 1));
-        result[at + j] = ${pack('p.x', 'p.y')};
-      }`;
-    } else {
-      body = `
-      let base = row * uniforms.V;
-      let at = uniforms.outOff + base;
-      if (t == ${IGNORE_INDEX}) {
-        for (var j = tid; j < uniforms.V; j = j + ${CE_WG}) { result[at + j] = 0.0; }
-        return;
-      }
-      for (var j = tid; j < uniforms.V; j = j + ${CE_WG}) {
-        result[at + j] = exp(Logits[base + j] - lse) * g - select(0.0, g, j == t);
-      }`;
-    }
+    // per unit k: its logits (loaded first, for all k), then p = (exp(x − lse) − onehot)·g and the write
+    const vt = w === 1 ? 'f32' : `vec${w}<f32>`, it = w === 1 ? 'i32' : `vec${w}<i32>`;
+    const load = (k: number) => w === 2 ? `vec2<f32>(Logits[2 * e${k}], Logits[2 * e${k} + 1])` : `Logits[e${k}]`;
+    const lanes = w === 1 ? '0' : `vec${w}<i32>(${range(w).join(', ')})`;
+    const write = (p: string) => !f16 ? p : w === 4 ? `vec2<i32>(${pack(`${p}.x`, `${p}.y`)}, ${pack(`${p}.z`, `${p}.w`)})` : pack(`${p}.x`, `${p}.y`);
+    const zero = !f16 ? `${vt}(0.0)` : w === 4 ? 'vec2<i32>(0)' : '0';
+    const g = { uniform: 'uniforms.scale', rows: 'f32(Dy[row])', scalar: 'g0', scalarDiv: 'g0' }[this.scaleFrom];
     return `
     fn main() {
-      let row = ${FLAT_WORKGROUP};
-      if (row >= uniforms.rows) { return; }
-      let tid = i32(localIndex);
-      let t = Labels[uniforms.labelOff + row];
-      let lse = Stats[uniforms.statsN + row];
-      let g = ${this.scaleFrom === 'dy' ? 'Dy[row]' : 'uniforms.scale'};${body}
+      ${this.scaleFrom === 'scalar' ? 'let g0 = f32(Dy[0]);' : this.scaleFrom === 'scalarDiv' ? 'let g0 = f32(Dy[0]) / f32(Den[0]);' : ''}
+      let n = uniforms.V / ${w};
+      let total = uniforms.rows * n;
+      let eb = ${FLAT_WORKGROUP} * ${CE_WG * P} + i32(localIndex);
+      ${range(P).map((k) => `let e${k} = min(eb + ${k * CE_WG}, total - 1);`).join('\n      ')}
+      ${range(P).map((k) => `let x${k} = ${load(k)};`).join('\n      ')}
+      ${range(P).map((k) => `if (eb + ${k * CE_WG} < total) {
+        let row = e${k} / n;
+        let t = Labels[uniforms.labelOff + row];
+        let g = ${g};
+        let col = ${w} * (e${k} - row * n);
+        let p = exp(x${k} - ${vt}(Stats[uniforms.statsN + row])) * g - select(${vt}(0.0), ${vt}(g), ${it}(col) + ${lanes} == ${it}(t));
+        result[uniforms.outOff + e${k}] = select(${write('p')}, ${zero}, t == ${IGNORE_INDEX});
+      }`).join('\n      ')}
     }`;
   }
+}
+
+/** What {@link CeStatsReduceProgram} makes of the [4, N] statistics. */
+type StatsReduction = 'none' | 'mean' | 'sum' | 'correct' | 'counted';
+
+/**
+ * One workgroup over the statistics [4, rows] of {@link logitsStats}: 'none' → the token losses [rows]
+ * (row 0); 'sum' → Σ token loss []; 'mean' → Σ token loss / Σ labelled []; 'correct' → Σ row 2 [];
+ * 'counted' → Σ row 3 [].
+ */
+class CeStatsReduceProgram extends GroupedProgram {
+  override uniforms = 'rows : i32,';
+
+  constructor(rows: number, readonly what: StatsReduction) {
+    super(['Stats'], what === 'none' ? [rows] : [], `tsft_ce_stats_reduce_${what}`, 1, CE_WG);
+  }
+
+  getUserCode(): string {
+    if (this.what === 'none') {
+      return `
+    fn main() {
+      for (var r = i32(localIndex); r < uniforms.rows; r = r + ${CE_WG}) { result[r] = Stats[r]; }
+    }`;
+    }
+    const row = { mean: 0, sum: 0, correct: 2, counted: 3 }[this.what];
+    const mean = this.what === 'mean';
+    return `
+    ${blockSumWgsl(CE_WG)}
+    fn main() {
+      var a = 0.0;
+      var c = 0.0;
+      for (var r = i32(localIndex); r < uniforms.rows; r = r + ${CE_WG}) {
+        a = a + Stats[${row} * uniforms.rows + r];
+        ${mean ? 'c = c + Stats[3 * uniforms.rows + r];' : ''}
+      }
+      let sa = kBlockSum(a);
+      ${mean ? 'let sc = kBlockSum(c);' : ''}
+      if (localIndex == 0u) { result[0] = ${mean ? 'sa / sc' : 'sa'}; }
+    }`;
+  }
+}
+
+/** {@link CeStatsReduceProgram} on statistics [4, N]. */
+function reduceStats(stats: tf.Tensor, what: StatsReduction): tf.Tensor {
+  const rows = stats.shape[stats.rank - 1];
+  return runProgram(new CeStatsReduceProgram(rows, what), [stats], [{ type: 'int32', data: [rows] }]);
 }
 
 function checkLogits(what: string, logits: tf.Tensor, labels: tf.Tensor): void {
@@ -553,16 +627,39 @@ function checkLogits(what: string, logits: tf.Tensor, labels: tf.Tensor): void {
 }
 
 /**
- * Row statistics of logits [N, V] (webgpu): [4, N] = (token loss, log-sum-exp, argmax = label, labelled).
- * `labelOff`: the rows' labels start at labels[labelOff] (a token chunk of a longer label vector).
+ * Slices per row for the statistics kernel: 1 when the rows alone give {@link CE_MIN_GROUPS} workgroups,
+ * else enough to reach it, each slice keeping at least {@link CE_MIN_PER_THREAD} units per thread.
  */
-export function logitsStats(logits: tf.Tensor2D, labels: tf.Tensor1D, labelOff = 0): tf.Tensor2D {
+export function statsSplit(rows: number, V: number): number {
+  const n = V % 4 === 0 ? V / 4 : V;
+  return Math.max(1, Math.min(Math.ceil(CE_MIN_GROUPS / Math.max(1, rows)), Math.floor(n / (CE_WG * CE_MIN_PER_THREAD))));
+}
+
+/**
+ * Row statistics of logits [N, V] (webgpu): [4, N] = (token loss, log-sum-exp, argmax = label, labelled).
+ * `labelOff`: the rows' labels start at labels[labelOff] (a token chunk of a longer label vector); `split`:
+ * slices per row (default {@link statsSplit}; the result does not depend on it beyond rounding).
+ */
+export function logitsStats(logits: tf.Tensor2D, labels: tf.Tensor1D, labelOff = 0, split = statsSplit(logits.shape[0], logits.shape[1])): tf.Tensor2D {
   const [N, V] = logits.shape;
-  return runProgram(new CeLogitsStatsProgram(N, V % 4 === 0), [logits, labels], [
+  const vec = V % 4 === 0;
+  const n = vec ? V / 4 : V;
+  const parts = Math.max(1, Math.min(Math.floor(split), n));
+  const chunk = Math.ceil(n / parts);
+  const part = runProgram(new CeLogitsPartialProgram(N, parts, vec), [logits], [
     { type: 'int32', data: [N] },
     { type: 'int32', data: [V] },
+    { type: 'int32', data: [parts] },
+    { type: 'int32', data: [chunk] },
+  ]);
+  const stats = runProgram(new CeLogitsFinishProgram(N, vec), [logits, labels, part], [
+    { type: 'int32', data: [N] },
+    { type: 'int32', data: [V] },
+    { type: 'int32', data: [parts] },
     { type: 'int32', data: [labelOff] },
   ]) as tf.Tensor2D;
+  part.dispose();
+  return stats;
 }
 
 export interface LogitsGradOptions {
@@ -573,12 +670,17 @@ export interface LogitsGradOptions {
   /** f16 only: write into this packed tensor, starting at half `rowOffset·V` (a token chunk of a bigger G) */
   into?: tf.Tensor;
   rowOffset?: number;
+  /** units (vec4s, f16 pairs or logits) per thread (default {@link CE_GRAD_PER_THREAD}; the result does not depend on it) */
+  perThread?: number;
+  /** a 1-element tensor: a 1-element `scale` tensor is divided by its value (the labelled-row count of a mean) */
+  divideBy?: tf.Tensor;
 }
 
 /**
  * dLoss/dlogits (webgpu) = (softmax − onehot(label))·g for logits [N, V], zero on rows labelled -100:
- * `stats` from {@link logitsStats} (lse in row 1); g = `scale` (a number, the same for every row) or
- * row 0 of a [4, N] / [N] tensor (per-row upstream gradients). f32 [N, V], or (dtype 'float16') a
+ * `stats` from {@link logitsStats} (lse in row 1); g = `scale` (a number, the same for every row), the
+ * value of a 1-element tensor (the same for every row, divided by `opts.divideBy`'s when given), or row 0
+ * of a [4, N] / [N] tensor (per-row upstream gradients). f32 [N, V], or (dtype 'float16') a
  * {@link HalfTensor} [N, V] whose |values| must stay below 65504 (|softmax − onehot| ≤ 1: |g| ≤ 2^15 is safe).
  */
 export function logitsGrad(logits: tf.Tensor2D, labels: tf.Tensor1D, stats: tf.Tensor, scale: number | tf.Tensor, opts: LogitsGradOptions = {}): tf.Tensor2D | HalfTensor {
@@ -590,8 +692,11 @@ export function logitsGrad(logits: tf.Tensor2D, labels: tf.Tensor1D, stats: tf.T
   const perOut = vec ? 4 : half ? 2 : 1;                                                  // logits per output element
   const outOff = ((opts.rowOffset ?? 0) * V) / perOut;
   if (!Number.isInteger(outOff)) throw new RangeError(`logitsGrad: row offset ${opts.rowOffset} × V ${V} is not a whole output element`);
-  const program = new CeLogitsGradProgram(N, V, vec, dtype, typeof scale === 'number' ? 'uniform' : 'dy');
-  const inputs = [logits, labels, stats, ...(typeof scale === 'number' ? [] : [scale])];
+  const per = Math.max(1, Math.min(8, Math.floor(opts.perThread ?? CE_GRAD_PER_THREAD)));
+  const mode: GradScale = typeof scale === 'number' ? 'uniform' : scale.size !== 1 ? 'rows' : opts.divideBy ? 'scalarDiv' : 'scalar';
+  if (opts.divideBy && mode !== 'scalarDiv') throw new RangeError('logitsGrad: divideBy goes with a 1-element scale tensor');
+  const program = new CeLogitsGradProgram(N, V, vec, dtype, mode, per);
+  const inputs = [logits, labels, stats, ...(typeof scale === 'number' ? [] : [scale]), ...(mode === 'scalarDiv' ? [opts.divideBy!] : [])];
   const uniforms: Uniform[] = [
     { type: 'int32', data: [N] },
     { type: 'int32', data: [V] },
@@ -666,23 +771,25 @@ export function crossEntropyLogitsStock(logits: tf.Tensor2D, labels: tf.Tensor1D
 export function crossEntropyLogits(logits: tf.Tensor2D, labels: tf.Tensor1D, reduction: 'mean' | 'sum' | 'none' = 'mean'): CrossEntropyOutput {
   checkLogits('crossEntropyLogits', logits, labels);
   if (!onWebGpu()) return crossEntropyLogitsStock(logits, labels, reduction);
-  // The custom op's value is the [4, N] statistics (nothing escapes tf.tidy); dy's row 0 is each row's
-  // upstream gradient.
+  // Statistics [4, N] outside the custom op (saved for its backward); its value is the loss itself, from
+  // our own reduction: no tfjs kernels on the way, forward or backward. dy: [] ('mean', 'sum': one
+  // upstream gradient, divided by the labelled-row count for 'mean') or [N] ('none': one per row).
+  const stats = logitsStats(logits, labels);
   const f = tf.customGrad(((x: tf.Tensor, save: tf.GradSaveFunc) => {
-    const stats = logitsStats(x as tf.Tensor2D, labels);
     save([x, stats]);
     return {
-      value: stats,
-      gradFunc: (dy: tf.Tensor, [sx, sstats]: tf.Tensor[]) => logitsGrad(sx as tf.Tensor2D, labels, sstats, dy) as tf.Tensor,
+      value: reduceStats(stats, reduction),
+      gradFunc: (dy: tf.Tensor, [sx, sstats]: tf.Tensor[]) => {
+        if (reduction !== 'mean') return logitsGrad(sx as tf.Tensor2D, labels, sstats, dy) as tf.Tensor;
+        const counted = reduceStats(sstats, 'counted');                                  // [] (disposed by the backward's tidy)
+        return logitsGrad(sx as tf.Tensor2D, labels, sstats, dy, { divideBy: counted }) as tf.Tensor;
+      },
     };
   }) as unknown as Parameters<typeof tf.customGrad>[0]);
-  const stats = f(logits);
-  const out = tf.tidy(() => {
-    const row = (k: number) => tf.reshape(tf.slice(stats, [k, 0], [1, logits.shape[0]]), [logits.shape[0]]);
-    return { ...reduceLoss(row(0), tf.sum(row(3)), tf.sum(row(2)) as tf.Scalar, reduction) };
-  });
+  const loss = f(logits);
+  const correct = reduceStats(stats, 'correct') as tf.Scalar;
   stats.dispose();
-  return out;
+  return { loss, correct };
 }
 
 // ---------------------------------------------------------------------------------------------------

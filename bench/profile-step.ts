@@ -9,7 +9,8 @@
 //
 // Flags: --model qwen3-0.6b|qwen2.5-3b|qwen3-4b (default qwen3-0.6b), --layers N (truncate), --seq T,
 // --dtype float32|float16 (compute precision), --lora (r8 all-linear, frozen base), --ckpt (gradient
-// checkpointing), --no-matmul, --no-profile, --steps N (timed steps), --out FILE.
+// checkpointing), --no-matmul, --no-profile, --gpu-kernels (GPU time per dispatch name, f16 matmuls by shape,
+// instead of tf.profile's per-op list), --steps N (timed steps), --out FILE.
 // Profiled kernel times are GPU times of each dispatch measured alone (tfjs ends the pass per kernel
 // when profiling), so their sum says where time goes, not the unprofiled step's wall time. Kernels that
 // encode their own passes (the f16 matmuls) are not profiled one by one; their share is the difference.
@@ -145,10 +146,11 @@ async function main(): Promise<void> {
   const ids = [Array.from({ length: SEQ }, (_, t) => (t * 7919 + 13) % config.vocabSize)];
   const vars = [...params.values()];
   // the trainer's step: loss + gradients, then clip to 1.0 and AdamW through the backend's fused kernels
-  let gradMs = 0, optMs = 0;
+  let gradMs = 0, optMs = 0, issueMs = 0;
   const step = async (): Promise<number> => {
     const t0 = performance.now();
     const { value: loss, grads } = tf.variableGrads(() => model.loss(ids, ids).loss, vars);
+    issueMs += performance.now() - t0;   // CPU time to issue forward + backward (the GPU may still be busy)
     deviceMemory();
     const l = (await loss.data())[0];
     const t1 = performance.now();
@@ -171,9 +173,40 @@ async function main(): Promise<void> {
   gradMs /= STEPS + 1;
   optMs /= STEPS + 1;
   emit({ bench: 'step-split', grad_ms_mean_incl_warmup: +gradMs.toFixed(1), optimizer_ms_mean_incl_warmup: +optMs.toFixed(1) });
+  // issue ≈ grad: the step is bound by the CPU issuing work; issue ≪ grad: by the GPU
+  issueMs = 0;
+  gradMs = 0;
+  for (let i = 0; i < STEPS; i++) await step();
+  emit({ bench: 'step-issue', issue_ms: +(issueMs / STEPS).toFixed(1), grad_ms: +(gradMs / STEPS).toFixed(1) });
   emit({ bench: 'step', model: MODEL, seq: SEQ, dtype: DTYPE, lora: argv.includes('--lora'), ckpt: model.gradientCheckpointing, warmup_ms: +warm.toFixed(0), ms: +ms.toFixed(1), tokens_per_s: +(SEQ / ms * 1000).toFixed(0), peak_gib: toGiB(deviceMemory().peakBytes), loss });
 
-  if (!argv.includes('--no-profile')) {
+  if (argv.includes('--gpu-kernels')) {
+    // GPU time of every dispatch of one forward + backward (timestamp queries, one pass per dispatch:
+    // tfjs's programs by class, tsft's own pipelines — f16 matmuls — by label), summed by name
+    const info = await tf.time(() => {
+      const { value: l, grads } = tf.variableGrads(() => model.loss(ids, ids).loss, vars);
+      tf.dispose([l, ...Object.values(grads)]);
+    });
+    const extra = (info as unknown as { getExtraProfileInfo?: () => string }).getExtraProfileInfo?.() ?? '';
+    const byName = new Map<string, { ms: number; n: number }>();
+    let total = 0;
+    for (const part of extra.split(', ')) {
+      const i = part.lastIndexOf(': ');
+      if (i < 0) continue;
+      const name = part.slice(0, i), ms = Number(part.slice(i + 2));
+      const e = byName.get(name) ?? { ms: 0, n: 0 };
+      e.ms += ms;
+      e.n++;
+      total += ms;
+      byName.set(name, e);
+    }
+    emit({ bench: 'gpu-kernels', dispatches: [...byName.values()].reduce((a, e) => a + e.n, 0), gpu_ms_sum: +total.toFixed(1), wall_ms: +info.wallMs.toFixed(1) });
+    for (const [name, e] of [...byName].sort((a, b) => b[1].ms - a[1].ms).slice(0, 60)) {
+      emit({ bench: 'gpu-kernel', name, ms: +e.ms.toFixed(2), n: e.n, share: +(e.ms / total).toFixed(3) });
+    }
+  }
+
+  if (!argv.includes('--no-profile') && !argv.includes('--gpu-kernels')) {
     const profile = await tf.profile(() => {
       const { value: l, grads } = tf.variableGrads(() => model.loss(ids, ids).loss, vars);
       tf.dispose(Object.values(grads));

@@ -11,7 +11,7 @@ import { after, describe, test } from 'node:test';
 import * as tf from '@tensorflow/tfjs-core';
 import { initDevice, shutdownDevice } from '../src/backend/device';
 import {
-  SG_TILE_128, SG_TILE_64, SgMatmulProgram, f16BitsToF32, f32ToF16Bits, fromHalfAsync, matMulF16, matmulF16Path, parseSgTile, toHalf,
+  SG_TILE_128, SG_TILE_64, SgMatmulProgram, f16BitsToF32, pickSplitK, f32ToF16Bits, fromHalfAsync, matMulF16, matmulF16Path, parseSgTile, toHalf,
 } from '../src/backend/kernels/matmul-f16';
 import { assertClose, lcgValues as values, startOrSkip } from './helpers';
 
@@ -120,5 +120,24 @@ describe('matMulF16', () => {
     tf.dispose([y]);
     a16.dispose();
     b16.dispose();
+    // split-K (K-slices as a batch, then summed), every layout; automatic on the H100 for the LM head's
+    // dH (few output tiles, K = vocabulary), asked for explicitly here
+    let seed = 200;
+    for (const [ta, tb] of [[false, false], [true, false], [false, true], [true, true]]) {
+      const M = 24, N = 40, K = 512;
+      const av2 = values(M * K, seed++), bv2 = values(K * N, seed++);
+      const A = tf.tensor(av2, ta ? [K, M] : [M, K]), B = tf.tensor(bv2, tb ? [N, K] : [K, N]);
+      const want = reference(av2, ta ? [K, M] : [M, K], bv2, tb ? [N, K] : [K, N], ta, tb);
+      const before = tf.memory().numTensors;
+      const ys = matMulF16(A, B, ta, tb, { splitK: 4 });
+      assert.deepEqual(ys.shape, [M, N]);
+      assertClose(await ys.data(), want, `split-K 4, transposeA ${ta}, transposeB ${tb}`);
+      ys.dispose();
+      assert.equal(tf.memory().numTensors, before, 'split-K leaks no tensor');
+      assert.throws(() => matMulF16(A, B, ta, tb, { splitK: 3 }), /splitK 3 must divide K = 512/);
+      tf.dispose([A, B]);
+    }
+    assert.equal(pickSplitK(384, 2048, 151936), 4, 'the LM head dH of a 2048-hidden model');
+    assert.equal(pickSplitK(2048, 2048, 2048), 1, 'a full output needs no split');
   });
 });

@@ -244,6 +244,10 @@ async function startWebGpuDevice(opts: InitDeviceOptions): Promise<DeviceInfo> {
   webgpu = await startWebGpu(await probeAdapter());
   // Results stay on the GPU: small ops must not be forwarded to the CPU, custom kernels read GPU buffers.
   tf.env().set('WEBGPU_CPU_FORWARD', false);
+  // tfjs submits its command buffer every N dispatches (15 by default); a submit costs CPU time, and
+  // buffers freed meanwhile go back to the pool only after it. TSFT_SUBMIT_BATCH overrides N.
+  const batch = Number(process.env.TSFT_SUBMIT_BATCH ?? 0);
+  if (batch > 0) tf.env().set('WEBGPU_DEFERRED_SUBMIT_BATCH_SIZE', batch);
   await setBackendOrThrow('webgpu', 'webgpu');
   // After the device exists, so the free memory read excludes Dawn's own context.
   const s = webgpu.summary;

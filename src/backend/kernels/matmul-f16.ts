@@ -96,6 +96,18 @@ export function pickSgTile(M: number, N: number, batch = 1): SgTile {
   return Math.ceil(M / 128) * Math.ceil(N / 128) * batch >= 66 ? SG_TILE_128 : SG_TILE_64;
 }
 
+/**
+ * K-slices for a 2-D matmul whose output has too few tiles to fill the GPU while K is long (1: none):
+ * aims at ~1,000 64×64 tiles in flight (8 per SM of an H100); S divides K into slices of a multiple of 16.
+ */
+export function pickSplitK(M: number, N: number, K: number): number {
+  const tiles = Math.ceil(M / 64) * Math.ceil(N / 64);
+  if (tiles >= 264 || K < 8192) return 1;
+  let s = Math.min(16, 2 ** Math.floor(Math.log2(Math.max(1, 1024 / tiles))));
+  while (s > 1 && (K % s !== 0 || (K / s) % 16 !== 0)) s /= 2;
+  return s;
+}
+
 /** Launch order: very wide outputs (LM head: N ≫ M) walk 16 row tiles per column so each B tile is read once from HBM. */
 export function pickSgGroup(M: number, N: number): number {
   return N > 16 * M ? 16 : 0;
@@ -624,7 +636,7 @@ export function matmulF16Path(): 'subgroup-matrix' | 'simt' | 'tfjs' {
  * @example
  * const y = matMulF16(x, w16, false, true); // [T, H] · [V, H]ᵀ → [T, V] f32
  */
-export function matMulF16(a: Operand, b: Operand, transposeA = false, transposeB = false, opts: { tile?: SgTile; options?: Partial<SgOptions> } = {}): tf.Tensor {
+export function matMulF16(a: Operand, b: Operand, transposeA = false, transposeB = false, opts: { tile?: SgTile; options?: Partial<SgOptions>; splitK?: number } = {}): tf.Tensor {
   const as = a.shape, bs = b.shape;
   if (as.length !== bs.length || (as.length !== 2 && as.length !== 3)) throw new RangeError(`matMulF16: operands must both be 2-D or 3-D, got [${as}] and [${bs}]`);
   const batched = as.length === 3;
@@ -647,31 +659,47 @@ export function matMulF16(a: Operand, b: Operand, transposeA = false, transposeB
   const hb = b instanceof HalfTensor ? b : toHalf(b);
   try {
     const la: LayoutA = transposeA ? 'km' : 'mk', lb: LayoutB = transposeB ? 'nk' : 'kn';
-    const dims: MatmulF16Dims = {
-      M, N, K, batch, lda: ar[1], ldb: br[1], ldc: N,
-      strideA: ba === 1 ? 0 : M * K, strideB: bb === 1 ? 0 : K * N, strideC: M * N,
-    };
+    const path = matmulF16Path();
+    // split-K: a long K over few output tiles (the LM head's dH = G·W: 384×2048 outputs, K = 151,936) runs as
+    // a batch of S K-slices (batch strides step along K) summed afterwards, so enough workgroups run at once
+    const S = batched ? 1 : opts.splitK ?? (path === 'subgroup-matrix' ? pickSplitK(M, N, K) : 1);
+    if (!(Number.isInteger(S) && S >= 1 && K % S === 0)) throw new RangeError(`matMulF16: splitK ${S} must divide K = ${K}`);
+    const Kc = K / S;
+    const dims: MatmulF16Dims = S > 1
+      ? {
+        M, N, K: Kc, batch: S, lda: ar[1], ldb: br[1], ldc: N,
+        strideA: la === 'mk' ? Kc : Kc * ar[1], strideB: lb === 'kn' ? Kc * br[1] : Kc, strideC: M * N,
+      }
+      : {
+        M, N, K, batch, lda: ar[1], ldb: br[1], ldc: N,
+        strideA: ba === 1 ? 0 : M * K, strideB: bb === 1 ? 0 : K * N, strideC: M * N,
+      };
     const backend = webgpuBackend();
     const device = backend.device;
     let program: OwnProgram;
-    if (matmulF16Path() === 'subgroup-matrix') {
+    if (path === 'subgroup-matrix') {
       const sgSize = (deviceAdapterInfo(device) as { subgroupMaxSize?: number } | undefined)?.subgroupMaxSize ?? 32;
       const load: SgLoad = vec8Ok(la, lb, dims) ? 'vec8' : 'scalar';
-      program = new SgMatmulProgram(opts.tile ?? pickSgTile(M, N, batch), la, lb, dims, { load, subgroupSize: sgSize, group: pickSgGroup(M, N), ...opts.options });
+      program = new SgMatmulProgram(opts.tile ?? pickSgTile(M, N, batch * S), la, lb, dims, { load, subgroupSize: sgSize, group: pickSgGroup(M, N), ...opts.options });
     } else {
       program = new SimtMatmulF16Program(la, lb, dims);
     }
     // an output smaller than one f32 fragment is computed into a fragment-sized buffer (Dawn's minimum
     // binding for subgroupMatrixStore targets), then cut to size
-    const size = batch * M * N, padded = size * 4 < MIN_FRAGMENT_BYTES;
-    const out = uninitialised(padded ? [MIN_FRAGMENT_BYTES / 4] : outShape, 'float32');
+    const size = batch * S * M * N, padded = size * 4 < MIN_FRAGMENT_BYTES;
+    const out = uninitialised(padded ? [MIN_FRAGMENT_BYTES / 4] : S > 1 ? [S, M, N] : outShape, 'float32');
     const internals = backend as unknown as BackendInternals;
     const ubuf = backend.bufferManager.acquireBuffer(48, GPUBufferUsage.UNIFORM | GPUBufferUsage.COPY_DST);
     device.queue.writeBuffer(ubuf, 0, dimsBytes(dims));
     internals.uniformPendingDisposal.push(ubuf);
     const buffers = [gpuBufferOf(ha.packed), gpuBufferOf(hb.packed), gpuBufferOf(out), ubuf];
     // into tfjs's compute pass, submitted with its batch (a pass and a submit per matmul cost ~0.1 ms of CPU)
-    recordDispatch([{ pipeline: pipelineFor(device, program), buffers, workgroups: program.dispatch }], [ha.packed, hb.packed, out]);
+    recordDispatch([{ pipeline: pipelineFor(device, program), buffers, workgroups: program.dispatch, label: `matMulF16 ${batch > 1 ? `${batch}×` : ''}${M}×${N}×${K}${S > 1 ? ` split ${S}` : ''}` }], [ha.packed, hb.packed, out]);
+    if (S > 1) {
+      const sum = tf.sum(out, 0);
+      out.dispose();
+      return sum;
+    }
     if (!padded) return out;
     const cut = tf.reshape(tf.slice(out, [0], [size]), outShape);
     out.dispose();

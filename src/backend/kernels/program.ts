@@ -71,6 +71,12 @@ export interface BackendInternals {
   /** data ids that recorded, not yet submitted, work uses: their buffers go back to the pool after the submit */
   commandQueueOwnedIds: WeakSet<object>;
   dispatchCountInPass: number;
+  /** tf.time / tf.profile's timers (null when nothing is timed) and what tfjs times with */
+  activeTimers?: { name: string; query: Promise<number> }[] | null;
+  supportTimestampQuery?: boolean;
+  querySet?: GPUQuerySet | null;
+  querySetCount?: number;
+  getQueryTime?: () => Promise<number>;
 }
 
 /** One dispatch of a pipeline tsft builds itself (not a tfjs Program): what {@link recordDispatch} records. */
@@ -79,6 +85,8 @@ export interface OwnDispatch {
   /** buffers bound at 0, 1, … of group 0 */
   buffers: GPUBuffer[];
   workgroups: [number, number, number];
+  /** what tf.time / tf.profile's per-program list calls it (default: the pipeline's label) */
+  label?: string;
 }
 
 /**
@@ -95,18 +103,32 @@ export function recordDispatch(dispatches: OwnDispatch[], tensors: tf.Tensor[]):
   for (const t of tensors) b.commandQueueOwnedIds.add(t.dataId);
   backend.ensureCommandEncoderReady();
   if (!b.computePassEncoder) b.computePassEncoder = b.commandEncoder!.beginComputePass({});
-  const pass = b.computePassEncoder;
+  // under tf.time / tf.profile each dispatch gets a pass with timestamps, as tfjs times its own programs
+  const timed = b.activeTimers != null && b.supportTimestampQuery === true && b.getQueryTime !== undefined;
+  let pass = b.computePassEncoder;
   for (const d of dispatches) {
+    if (timed) {
+      backend.ensureCommandEncoderReady();
+      backend.endComputePassEncoder();
+      b.querySet ??= backend.device.createQuerySet({ type: 'timestamp', count: b.querySetCount ?? 2 });
+      pass = b.computePassEncoder = b.commandEncoder!.beginComputePass({
+        timestampWrites: { querySet: b.querySet, beginningOfPassWriteIndex: 0, endOfPassWriteIndex: 1 },
+      });
+    }
     const bindGroup = backend.device.createBindGroup({
       layout: d.pipeline.getBindGroupLayout(0),
       entries: d.buffers.map((buffer, binding) => ({ binding, resource: { buffer } })),
     });
-    pass.setPipeline(d.pipeline);
-    pass.setBindGroup(0, bindGroup);
-    pass.dispatchWorkgroups(...d.workgroups);
+    pass!.setPipeline(d.pipeline);
+    pass!.setBindGroup(0, bindGroup);
+    pass!.dispatchWorkgroups(...d.workgroups);
     b.dispatchCountInPass++;
+    if (timed) {
+      backend.endComputePassEncoder();
+      b.activeTimers!.push({ name: d.label ?? d.pipeline.label, query: b.getQueryTime!.call(backend) });
+    }
   }
-  if (b.dispatchCountInPass >= (tf.env().get('WEBGPU_DEFERRED_SUBMIT_BATCH_SIZE') as number)) {
+  if (!timed && b.dispatchCountInPass >= (tf.env().get('WEBGPU_DEFERRED_SUBMIT_BATCH_SIZE') as number)) {
     backend.endComputePassEncoder();
     backend.submitQueue();
   }

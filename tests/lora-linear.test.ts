@@ -1,7 +1,7 @@
 // LoRA's fused term (src/backend/kernels/lora-linear.ts) against tfjs ops on the cpu backend: the value
 // base + s·dropout(x)·Aᵀ·Bᵀ and the gradients w.r.t. x, base, A and B, with and without dropout (the
-// reference applies the mask dropoutFused draws on the GPU for the same seed), at ranks 8 and 16 and at
-// sizes off the kernels' workgroup multiples. Runs on lavapipe here and in CI.
+// reference applies the mask dropoutFused draws on the GPU for the same seed), at ranks 8, 16, 32 (the
+// largest fused) and 40 (tfjs ops), at sizes off the kernels' workgroup multiples. Runs on lavapipe here and in CI.
 
 import assert from 'node:assert/strict';
 import * as fs from 'node:fs';
@@ -36,6 +36,8 @@ for (const c of [
   { N: 37, K: 70, O: 45, R: 8, rate: 0 },
   { N: 64, K: 96, O: 130, R: 8, rate: 0.25 },
   { N: 19, K: 260, O: 33, R: 16, rate: 0.1 },
+  { N: 20, K: 40, O: 24, R: 32, rate: 0 },
+  { N: 9, K: 24, O: 16, R: 40, rate: 0.5 },
 ] as Case[]) {
   test(`loraLinear on webgpu = tfjs ops on cpu: N ${c.N}, in ${c.K}, out ${c.O}, r ${c.R}, dropout ${c.rate}`, async (t) => {
     if (!(await onGpu(t))) return;

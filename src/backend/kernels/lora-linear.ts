@@ -19,8 +19,8 @@ import '../gradients';
 import { dropoutFused, DROPOUT_HASH_WGSL } from './dropout';
 import { assertFloat32, ElementwiseProgram, GroupedProgram, FLAT_WORKGROUP, onWebGpu, runProgram, type Uniform } from './program';
 
-/** Ranks up to this run on the fused path (registers: one accumulator per rank per thread). */
-export const LORA_MAX_FUSED_RANK = 64;
+/** Ranks up to this run on the fused path (one accumulator per rank per thread; LoraGradProgram keeps rank × 256 f32 in workgroup memory: 32 KiB at rank 32, lavapipe's limit). */
+export const LORA_MAX_FUSED_RANK = 32;
 
 /** How W is laid out: 'rk' = [r, K] (A; B read for dx), 'kr' = [K, r] (B; A read for …). */
 type WLayout = 'rk' | 'kr';
@@ -105,12 +105,13 @@ class LoraUpProgram extends ElementwiseProgram {
   }
 }
 
-const GRAD_COLS = 32;
-const GRAD_SLICES = 8;
+const GRAD_COLS = 8;
+const GRAD_SLICES = 32;
 
 /**
- * s·Σ_n P[n, j]·Q[n, k]·mask(n, k): out [R, K] ('rk': dA) or [K, R] ('kr': dB). A workgroup takes 32
- * columns k; its 8 row slices each sum a strided part of n, then the slices are added.
+ * s·Σ_n P[n, j]·Q[n, k]·mask(n, k): out [R, K] ('rk': dA) or [K, R] ('kr': dB). A workgroup takes 8
+ * columns k; its 32 row slices each sum a strided part of n, then the slices are added (enough workgroups
+ * to fill the GPU when K is only 256: K / 8 of them, each thread 64 rows of a 2048-token batch).
  */
 class LoraGradProgram extends GroupedProgram {
   override uniforms = 'N : i32, K : i32, scale : f32, seed : u32, rate : f32, keepScale : f32,';

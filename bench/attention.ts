@@ -1,7 +1,9 @@
 // Attention kernels on the GPU: flashAttention's fp32 kernels (flash-attention.ts), its f16 tensor-core
 // kernels (flash-attention-sg.ts, one row per tiling config) and the stock tfjs ops of gqaAttention,
 // forward and forward + backward, at B=1, head_dim 128, causal: Qwen3-0.6B heads (16 / 8 KV) at seq 512
-// and 2048, Qwen2.5-3B (16 / 2) and Qwen3-4B (32 / 8) at 2048. Also the f16 conversion prologue alone.
+// and 2048, Qwen2.5-3B (16 / 2) and Qwen3-4B (32 / 8) at 2048. Each timing row also gives the CPU time spent
+// issuing one run (issue_ms); per shape, each tensor-core config's own dispatches are timed alone
+// ('attention-kernels': GPU ms per kernel of one fwd+bwd).
 // First it checks every tensor-core config against the fp32 kernel on small cases with GQA, padding (left
 // padding: rows that see no key), a cache offset and lengths off the tiles — output and all three
 // gradients — and times only the configs that pass. PyTorch runs beside it: bench/attention_ref.py.
@@ -9,15 +11,17 @@
 //   locally (lavapipe: fp32 and stock only):  npx tsx bench/attention.ts --small
 //   GPU box:  ../shared/gpu/pack.sh bench/attention.ts, then
 //             source .gpu/setup.sh && node .gpu/attention.mjs --out $OUT/attention.jsonl [--configs a,b] [--budget-s 200]
+//             [--no-fp32] [--shapes qwen3-0.6b:2048,...] [--cpu-prof FILE: V8 profile of 200 f16 fwd+bwd at seq 512]
 // Output: one JSON line per measurement (appended to --out as it goes, so a cut-off run keeps its lines).
 
 import * as fs from 'node:fs';
+import * as inspector from 'node:inspector';
 import * as tf from '@tensorflow/tfjs-core';
 import '../src/backend/gradients';
 import { getGpuAdapterInfo, getGpuDevice, initDevice } from '../src/backend/device';
 import { matmulF16Path } from '../src/backend/kernels/matmul-f16';
 import { causalBias, flashAttention, flashAttentionPath } from '../src/backend/kernels/flash-attention';
-import { DEFAULT_SG_CONFIG, flashAttentionSg, halfPadded, parseSgConfig, sgConfigKey, sgWorkgroupBytes, type SgAttentionConfig } from '../src/backend/kernels/flash-attention-sg';
+import { DEFAULT_SG_CONFIG, flashAttentionSg, parseSgConfig, recordOwnDispatches, runOwn, sgConfigKey, sgWorkgroupBytes, type OwnDispatch, type SgAttentionConfig } from '../src/backend/kernels/flash-attention-sg';
 import { withComputeDtype } from '../src/backend/precision';
 import { gqaAttention } from '../src/model/attention';
 
@@ -27,7 +31,10 @@ const value = (n: string) => { const i = argv.indexOf(n); return i >= 0 ? argv[i
 const SMALL = argv.includes('--small');
 const OUT = value('--out');
 const BUDGET_MS = Number(value('--budget-s') ?? 240) * 1000;
-const CONFIGS = (value('--configs') ?? 'nsg4_bt32_dq16_kv4x16,nsg4_bt32_dq32_kv4x32,nsg4_bt32_dq16_kv4x16_split').split(',');
+const CONFIGS = (value('--configs') ?? sgConfigKey(DEFAULT_SG_CONFIG)).split(',');
+const NO_FP32 = argv.includes('--no-fp32');
+const SHAPES = value('--shapes')?.split(',');
+const CPU_PROF = value('--cpu-prof');
 const started = performance.now();
 let device = 'unknown';
 
@@ -137,22 +144,63 @@ async function drain(t: tf.Tensor): Promise<void> {
   one.dispose();
 }
 
-/** ms per run (queued back to back, reps after warm-up). */
-async function time(run: () => tf.Tensor[], reps: number): Promise<number> {
+const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[xs.length >> 1];
+
+/**
+ * ms per run: two warm-up runs (pipelines compiled, tfjs's buffer pool filled), then 3 rounds of `reps`
+ * runs queued back to back, each round ended by a read-back of one element; the median round. Also the
+ * CPU time spent issuing a run (the round's loop without the read-back): when it is close to ms, the
+ * CPU, not the GPU, sets the pace.
+ */
+async function time(run: () => tf.Tensor[], reps: number): Promise<{ ms: number; issueMs: number }> {
   let last = run();
   await drain(last[0]);
   tf.dispose(last);
   last = run();
   await drain(last[0]);
-  const t0 = performance.now();
-  for (let i = 0; i < reps; i++) {
-    tf.dispose(last);
-    last = run();
+  const rounds: number[] = [], issues: number[] = [];
+  for (let round = 0; round < 3; round++) {
+    const t0 = performance.now();
+    for (let i = 0; i < reps; i++) {
+      tf.dispose(last);
+      last = run();
+    }
+    const t1 = performance.now();
+    await drain(last[0]);
+    rounds.push((performance.now() - t0) / reps);
+    issues.push((t1 - t0) / reps);
   }
-  await drain(last[0]);
-  const ms = (performance.now() - t0) / reps;
   tf.dispose(last);
-  return ms;
+  return { ms: median(rounds), issueMs: median(issues) };
+}
+
+/**
+ * GPU time of each of our own dispatches in one run (fwd+bwd): the run's runOwn dispatches are recorded
+ * (their tensors kept), then each is replayed `n` times in one compute pass, timed to queue completion.
+ */
+async function kernelTimes(run: () => tf.Tensor[], keepOut: tf.Tensor[], n: number): Promise<{ kernel: string; ms: number }[]> {
+  const recorded: OwnDispatch[] = [];
+  recordOwnDispatches((ds) => { for (const d of ds) { d.tensors.forEach((t) => tf.keep(t)); recorded.push(d); } });
+  let out: tf.Tensor[];
+  try {
+    out = tf.tidy(run);
+  } finally {
+    recordOwnDispatches(null);
+  }
+  await drain(out[0]);
+  const queue = getGpuDevice().queue;
+  const times: { kernel: string; ms: number }[] = [];
+  for (const d of recorded) {
+    runOwn([d]);
+    await queue.onSubmittedWorkDone();
+    const t0 = performance.now();
+    runOwn(Array.from({ length: n }, () => d));
+    await queue.onSubmittedWorkDone();
+    times.push({ kernel: d.kernel.shaderKey.replace('tsft_flash_sg_', ''), ms: Number(((performance.now() - t0) / n).toPrecision(3)) });
+  }
+  const own = new Set(recorded.flatMap((d) => d.tensors).filter((t) => !keepOut.includes(t)));
+  tf.dispose([...own, ...out]);
+  return times;
 }
 
 async function timeShape(name: string, H: number, KV: number, T: number, D: number, configs: SgAttentionConfig[]): Promise<void> {
@@ -162,7 +210,7 @@ async function timeShape(name: string, H: number, KV: number, T: number, D: numb
   const dy = tf.randomNormal([1, H, T, D]) as tf.Tensor4D;
   const bias = causalBias(1, T, T, 0);
   const impls: [string, Attend][] = [
-    ['fp32', (a, b, c) => withComputeDtype('float32', () => flashAttention(a, b, c))],
+    ...(NO_FP32 ? [] : [['fp32', (a, b, c) => withComputeDtype('float32', () => flashAttention(a, b, c))] as [string, Attend]]),
     ...configs.map((cfg): [string, Attend] => [`f16 ${sgConfigKey(cfg)}`, (a, b, c) => flashAttentionSg(a, b, c, { past: 0, config: cfg })]),
     ['stock', (a, b, c) => gqaAttention(a, b, c, bias)],
   ];
@@ -173,19 +221,21 @@ async function timeShape(name: string, H: number, KV: number, T: number, D: numb
       if (performance.now() - started > BUDGET_MS) { emit({ bench: 'attention', name, impl, pass, skipped: 'budget' }); continue; }
       try {
         const g = (a: tf.Tensor, b: tf.Tensor, c: tf.Tensor) => f(a as tf.Tensor4D, b as tf.Tensor4D, c as tf.Tensor4D);
-        const ms = await checked(() => time(() => tf.tidy(() => (pass === 'fwd' ? [g(q, k, v)] : tf.grads(g)([q, k, v], dy))), reps));
-        emit({ bench: 'attention', name, heads: H, kv_heads: KV, seq: T, head_dim: D, impl, pass, ms: Number(ms.toPrecision(4)), tflops: Number(((pass === 'fwd' ? 1 : 3.5) * fwdFlops / ms / 1e9).toPrecision(3)) });
+        const { ms, issueMs } = await checked(() => time(() => tf.tidy(() => (pass === 'fwd' ? [g(q, k, v)] : tf.grads(g)([q, k, v], dy))), reps));
+        emit({ bench: 'attention', name, heads: H, kv_heads: KV, seq: T, head_dim: D, impl, pass, ms: Number(ms.toPrecision(4)), issue_ms: Number(issueMs.toPrecision(3)), tflops: Number(((pass === 'fwd' ? 1 : 3.5) * fwdFlops / ms / 1e9).toPrecision(3)) });
       } catch (e) {
         emit({ bench: 'attention', name, impl, pass, error: errorText(e) });
       }
     }
   }
-  if (configs.length) {
+  for (const cfg of configs) {
+    if (performance.now() - started > BUDGET_MS) break;
     try {
-      const ms = await checked(() => time(() => tf.tidy(() => [halfPadded(q), halfPadded(k), halfPadded(v)]), reps));
-      emit({ bench: 'attention', name, heads: H, kv_heads: KV, seq: T, head_dim: D, impl: 'f16 prologue (q, k, v → f16)', pass: 'fwd', ms: Number(ms.toPrecision(4)) });
+      const g = (a: tf.Tensor, b: tf.Tensor, c: tf.Tensor) => flashAttentionSg(a as tf.Tensor4D, b as tf.Tensor4D, c as tf.Tensor4D, { past: 0, config: cfg });
+      const kernels = await checked(() => kernelTimes(() => tf.grads(g)([q, k, v], dy), [q, k, v, dy], SMALL ? 2 : 20));
+      emit({ bench: 'attention-kernels', name, heads: H, kv_heads: KV, seq: T, head_dim: D, impl: `f16 ${sgConfigKey(cfg)}`, pass: 'fwd+bwd', kernels, gpu_ms: Number(kernels.reduce((s, x) => s + x.ms, 0).toPrecision(4)) });
     } catch (e) {
-      emit({ bench: 'attention', name, impl: 'f16 prologue', error: errorText(e) });
+      emit({ bench: 'attention-kernels', name, impl: `f16 ${sgConfigKey(cfg)}`, error: errorText(e) });
     }
   }
   tf.dispose([q, k, v, dy, bias]);
@@ -200,19 +250,45 @@ async function main(): Promise<void> {
   const wgMax = getGpuDevice().limits.maxComputeWorkgroupStorageSize;
   emit({
     bench: 'attention-setup', path_f16: path, matmul_f16: matmulF16Path(), subgroup: [ai.subgroupMinSize, ai.subgroupMaxSize], adapter: ai.description, wg_max: wgMax,
-    configs: CONFIGS.map((c) => [c, sgWorkgroupBytes(128, parseSgConfig(c))]), default: sgConfigKey(DEFAULT_SG_CONFIG),
+    configs: CONFIGS.map((c) => [c, sgWorkgroupBytes(128, parseSgConfig(c))]), default: sgConfigKey(DEFAULT_SG_CONFIG), dawn_toggles: process.env.TSFT_DAWN_TOGGLES ?? '',
   });
   // warm the GPU clocks (the first kernel timed in a process runs slow: bench/MATMUL.md)
   const a = tf.randomNormal([2048, 2048]);
   const t0 = performance.now();
   while (performance.now() - t0 < (SMALL ? 100 : 2000)) await drain(tf.tidy(() => tf.matMul(a, a)));
-  a.dispose();
   const configs = matmulF16Path() === 'subgroup-matrix' ? await checkConfigs(wgMax) : [];
   emit({ bench: 'attention-setup', passed: configs.map(sgConfigKey) });
-  const shapes: [string, number, number, number][] = SMALL
+  // the checks leave the GPU idle long enough for its clocks to drop: warm it again before timing
+  const t1 = performance.now();
+  while (performance.now() - t1 < (SMALL ? 100 : 2000)) await drain(tf.tidy(() => tf.matMul(a, a)));
+  a.dispose();
+  const shapes = (SMALL
     ? [['small H4/KV2', 4, 2, 128]]
-    : [['qwen3-0.6b', 16, 8, 2048], ['qwen3-0.6b', 16, 8, 512], ['qwen2.5-3b', 16, 2, 2048], ['qwen3-4b', 32, 8, 2048]];
+    : [['qwen3-0.6b', 16, 8, 2048], ['qwen3-0.6b', 16, 8, 512], ['qwen2.5-3b', 16, 2, 2048], ['qwen3-4b', 32, 8, 2048]]
+  ).filter(([n, , , T]) => !SHAPES || SHAPES.includes(`${n}:${T}`)) as [string, number, number, number][];
   for (const [name, H, KV, T] of shapes) await timeShape(name, H, KV, T, 128, configs);
+  if (CPU_PROF && configs.length) await cpuProfile(CPU_PROF, configs[0]);
+}
+
+/** --cpu-prof FILE: a V8 CPU profile of 200 f16 fwd+bwd runs at Qwen3-0.6B seq 512 (where issuing, not the GPU, sets the pace). */
+async function cpuProfile(file: string, cfg: SgAttentionConfig): Promise<void> {
+  const [H, KV, T, D] = [16, 8, 512, 128];
+  const q = tf.randomNormal([1, H, T, D]), k = tf.randomNormal([1, KV, T, D]), v = tf.randomNormal([1, KV, T, D]), dy = tf.randomNormal([1, H, T, D]);
+  const g = (a: tf.Tensor, b: tf.Tensor, c: tf.Tensor) => flashAttentionSg(a as tf.Tensor4D, b as tf.Tensor4D, c as tf.Tensor4D, { past: 0, config: cfg });
+  const run = () => tf.tidy(() => tf.grads(g)([q, k, v], dy));
+  await time(run, 5);
+  const session = new inspector.Session();
+  session.connect();
+  const post = (method: string, params?: object) => new Promise<unknown>((res, rej) => session.post(method, params ?? {}, (err, r) => (err ? rej(err) : res(r))));
+  await post('Profiler.enable');
+  await post('Profiler.setSamplingInterval', { interval: 50 });
+  await post('Profiler.start');
+  const t = await time(run, 200);
+  const { profile } = (await post('Profiler.stop')) as { profile: unknown };
+  session.disconnect();
+  fs.writeFileSync(file, JSON.stringify(profile));
+  emit({ bench: 'attention-cpu-prof', file, ms: t.ms, issue_ms: t.issueMs });
+  tf.dispose([q, k, v, dy]);
 }
 
 main().then(() => process.exit(0), (e) => { console.error(e); process.exit(1); });

@@ -5,7 +5,8 @@
 // qwen2.ts attentionBias, and nothing leaks. WebGPU without an adapter: a skip locally, a failure in CI.
 // The f16 tensor-core kernels (flash-attention-sg.ts, computeDtype 'float16') are checked the same way
 // with an f16 tolerance where the adapter has subgroup matrices (the H100: ../shared/gpu/pack.sh
-// tests/flash-attention.test.ts && CI=1 node --test .gpu/flash-attention.test.mjs); on lavapipe their
+// tests/flash-attention.test.ts && CI=1 node --test .gpu/flash-attention.test.mjs), the default tiling and
+// the other variants (two-pass forward, dQ recomputed instead of read from the stored dS); on lavapipe their
 // emulated form (same kernels, plain-WGSL stand-ins for the matrix builtins) runs with TSFT_FLASH_EMULATE=1
 // (off by default: lavapipe compiles the emulated kernels very slowly: minutes at head_dim 32).
 
@@ -199,6 +200,23 @@ describe('f16 tensor-core kernels vs the cpu backend (forward and backward)', ()
       assertClose(got, reference.get(c.name)!, c.name, 1e-2);
     });
   }
+
+  test('the other kernel variants give the same: two-pass forward, dQ recomputed (no stored dS), no prefetch', async (t) => {
+    if (!needGpu(t)) return;
+    await initDevice('webgpu', { quiet: true });
+    const path = withComputeDtype('float16', () => flashAttentionPath(128));
+    if (path !== 'subgroup-matrix') {
+      t.skip(`the adapter has no f16 subgroup matrices with subgroups of 32 (path '${path}'); the GPU box runs these`);
+      return;
+    }
+    for (const key of ['nsg4_bt32_dq16_kv4x16_dqre', 'nsg4_bt32_dq16_kv4x16_2pass_nopf_dqre']) {
+      const cfg = parseSgConfig(key);
+      for (const c of [CASES[0], CASES[1]]) {
+        const got = await runCase(c, (q, k, v, o) => flashAttentionSg(q, k, v, { attentionMask: o?.attentionMask, past: o?.past ?? 0, config: cfg }));
+        assertClose(got, reference.get(c.name)!, `${c.name} (${key})`, 1e-2);
+      }
+    }
+  });
 
   test('emulated matrix builtins (lavapipe) give the same: padding, GQA, cache offset', async (t) => {
     if (!needGpu(t)) return;

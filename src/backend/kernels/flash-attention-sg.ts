@@ -3,28 +3,36 @@
 // that see no key, cache offset `past`). flashAttention (flash-attention.ts) runs it on webgpu when the
 // adapter has subgroup matrices and computeDtype() is 'float16'.
 //
-// Data: q, k, v (and dO) are f32 tfjs tensors; a prologue pass rounds each to f16, packed two per int32
-// word, with the sequence padded to a multiple of PAD rows (zeros), so the main kernels never bound-check
-// a load. Outputs are f32, written straight from the accumulators into padded buffers (sliced after).
+// Data: q, k, v (and dO) are f32 tfjs tensors; one prologue dispatch rounds q, k and v to f16, packed two
+// per int32 word, with the sequence padded to a multiple of PAD rows (zeros), so the main kernels never
+// bound-check a load. Outputs are f32, written from the accumulators into padded buffers (sliced after).
+// Without a padding mask nothing builds or reads mask info (uniform `masked` = 0).
 //
 // Kernels (one workgroup = NSG subgroups of 32; each subgroup owns 16 rows of the "owner" operand, held as
-// left fragments in registers; the other operand is staged tile by tile in workgroup memory, shared):
-//   stats  forward pass 1, owner Q: S = Q·Kᵀ per key tile → per row (max, log-sum), online in lanes;
-//   out    forward pass 2, owner Q: P = exp(S − max − logsum), exactly normalised, stored f16, O += P·V
-//          (no rescale of O: subgroup-matrix accumulators are opaque, so the online-softmax rescale of
-//          FlashAttention-2 would need a round trip through memory);
-//   dq     owner Q (and dO): S, dP = dO·Vᵀ, dS = P∘(dP − Δ)·scale (f16), dQ += dS·K;
+// left fragments in registers; the other operand is staged tile by tile in workgroup memory, shared, the
+// next tile loaded into registers while this one computes (`prefetch`)):
+//   fwd    owner Q, one pass: S = Q·Kᵀ per key tile, online softmax in lanes against a per-row reference
+//          max m, P = exp(S − m) stored f16, O += P·V; O is rescaled (through workgroup memory: subgroup-
+//          matrix accumulators are opaque) only when some row's tile max exceeds m by more than TAU, so
+//          P ≤ e^TAU stays in f16 range; at the end O / rowsum and the row stats (m, log rowsum);
+//   stats, out  the older two-pass forward (config `_2pass`): exact (max, log-sum) first, then P·V;
 //   kv     owner K (and V): Sᵀ = K·Qᵀ, dPᵀ = V·dOᵀ, dV += Pᵀ·dO, dK += dSᵀ·Q, per query head (summed over
-//          the heads of a KV group by a last pass, `group-sum`); `kvSplit` runs dK and dV as two kernels
-//          (fewer live accumulators each).
+//          the heads of a KV group by a last pass, `group-sum`), and stores dS (f16, [B, H, Sp, Tp],
+//          key-major) for
+//   dqs    owner Q: dQ = dS·K, a plain matmul over the stored dS (blocks the kv kernel skipped are zero
+//          and skipped here too);
+//   dq     owner Q (and dO): S, dP = dO·Vᵀ, dS = P∘(dP − Δ)·scale (f16), dQ += dS·K — recomputes instead of
+//          reading a stored dS: used when dS would exceed DS_MAX_BYTES (long sequences) or under `_dqre`;
+//   `kvSplit` runs dK and dV as two kernels (fewer live accumulators each).
 // Between the matrix ops S / dP go through workgroup memory (f32) where every thread of the workgroup
 // applies the mask and softmax to half a row, and P / dS come back as f16 for the next multiply.
-// Δ = rowsum(dO ∘ O) and the f16 dO come from one prologue pass (`prep`).
+// Δ = rowsum(dO ∘ O) and the f16 dO come from one prologue pass (`prep`). A forward is 2 dispatches (3
+// with a mask) and one queue submit; a backward 5 dispatches and one submit.
 //
 // `emulate: true` generates the same kernels with the subgroup-matrix builtins replaced by plain WGSL
 // (a fragment = array<f32, 256> per invocation, each lane computing its 8 result elements): no f16, no
 // subgroups needed, so the tiling, masking and softmax run (slowly) on lavapipe in CI. Only the builtins
-// themselves differ on the H100.
+// (and the row-max exchange: a subgroup shuffle on hardware) differ on the GPU.
 
 import * as tf from '@tensorflow/tfjs-core';
 import { MASKED } from '../../model/attention';
@@ -41,20 +49,31 @@ export interface SgAttentionConfig {
   bt: number;
   /** keys per staged tile in dq */
   btDq: number;
+  /** keys per staged tile in dqs (dQ from the stored dS) */
+  btDqs: number;
   /** subgroups per workgroup of the kv kernel (16·nsgKv keys) */
   nsgKv: number;
   /** queries per staged tile in kv */
   btKv: number;
   /** dK and dV in two kernels instead of one */
   kvSplit: boolean;
+  /** the next tile's staged operands are loaded into registers while this tile computes */
+  prefetch: boolean;
+  /**
+   * the kv kernel stores dS (f16, [B, H, Sp, Tp]) and dQ = dS·K becomes a plain matmul (kind dqs) instead of
+   * a kernel that recomputes S and dP (taken while that buffer stays under DS_MAX_BYTES)
+   */
+  dsStored: boolean;
+  /** forward in one pass (online softmax, O rescaled through workgroup memory only when a row's max grows by more than TAU) instead of stats + out */
+  fwd1: boolean;
   /** plain-WGSL stand-ins for the subgroup-matrix builtins (lavapipe) */
   emulate: boolean;
 }
 
 // the fastest of those measured (bench/results/2026-11-28-attention.md); ≤ 34 KiB of workgroup memory at head_dim 128
-export const DEFAULT_SG_CONFIG: SgAttentionConfig = { nsg: 4, bt: 32, btDq: 16, nsgKv: 4, btKv: 16, kvSplit: false, emulate: false };
+export const DEFAULT_SG_CONFIG: SgAttentionConfig = { nsg: 4, bt: 32, btDq: 16, btDqs: 64, nsgKv: 4, btKv: 16, kvSplit: false, fwd1: true, prefetch: true, dsStored: true, emulate: false };
 
-/** Parses `nsg4_bt64_dq32_kv4x32[_split]`; missing parts keep the defaults. */
+/** Parses `nsg4_bt64_dq32_ds64_kv4x32[_split][_2pass][_nopf][_dqre][_emu]`; missing parts keep the defaults. */
 export function parseSgConfig(s: string, base: SgAttentionConfig = DEFAULT_SG_CONFIG): SgAttentionConfig {
   const c = { ...base };
   for (const part of s.split('_').filter(Boolean)) {
@@ -62,8 +81,12 @@ export function parseSgConfig(s: string, base: SgAttentionConfig = DEFAULT_SG_CO
     if ((m = /^nsg(\d+)$/.exec(part))) c.nsg = Number(m[1]);
     else if ((m = /^bt(\d+)$/.exec(part))) c.bt = Number(m[1]);
     else if ((m = /^dq(\d+)$/.exec(part))) c.btDq = Number(m[1]);
+    else if ((m = /^ds(\d+)$/.exec(part))) c.btDqs = Number(m[1]);
     else if ((m = /^kv(\d+)x(\d+)$/.exec(part))) [c.nsgKv, c.btKv] = [Number(m[1]), Number(m[2])];
     else if (part === 'split') c.kvSplit = true;
+    else if (part === '2pass') c.fwd1 = false;
+    else if (part === 'nopf') c.prefetch = false;
+    else if (part === 'dqre') c.dsStored = false;
     else if (part === 'emu') c.emulate = true;
     else throw new RangeError(`attention config '${s}': unknown part '${part}' (e.g. nsg4_bt64_dq32_kv4x32_split)`);
   }
@@ -71,7 +94,7 @@ export function parseSgConfig(s: string, base: SgAttentionConfig = DEFAULT_SG_CO
 }
 
 export function sgConfigKey(c: SgAttentionConfig): string {
-  return `nsg${c.nsg}_bt${c.bt}_dq${c.btDq}_kv${c.nsgKv}x${c.btKv}${c.kvSplit ? '_split' : ''}${c.emulate ? '_emu' : ''}`;
+  return `nsg${c.nsg}_bt${c.bt}_dq${c.btDq}${c.btDqs === 64 ? '' : `_ds${c.btDqs}`}_kv${c.nsgKv}x${c.btKv}${c.kvSplit ? '_split' : ''}${c.fwd1 ? '' : '_2pass'}${c.prefetch ? '' : '_nopf'}${c.dsStored ? '' : '_dqre'}${c.emulate ? '_emu' : ''}`;
 }
 
 // ---------------------------------------------------------------------------------------------------
@@ -80,12 +103,16 @@ export function sgConfigKey(c: SgAttentionConfig): string {
 const range = (n: number) => Array.from({ length: n }, (_, i) => i);
 const lines = (n: number, f: (i: number) => string) => range(n).map(f).join('\n');
 
-type Kind = 'stats' | 'out' | 'dq' | 'kv' | 'dk' | 'dv';
+type Kind = 'fwd' | 'stats' | 'out' | 'dq' | 'dqs' | 'kv' | 'dk' | 'dv';
+
+/** Largest stored dS (bytes) before the backward falls back to recomputing S and dP for dQ. */
+export const DS_MAX_BYTES = 1 << 30;
 
 /** The subgroup-matrix operations, as builtins or as their plain-WGSL emulation. */
 class Frag {
   private readonly loads = new Set<string>();
   private readonly stores = new Set<string>();
+  private readonly accLoads = new Set<string>();
 
   constructor(readonly emulate: boolean) {}
 
@@ -93,6 +120,21 @@ class Frag {
     if (!this.emulate) return `subgroupMatrixLoad<${type}, ${major}_major>(&${arr}, ${off}, ${stride})`;
     this.loads.add(arr);
     return `emuLoad_${arr}(${off}, ${stride}, ${major === 'col'})`;
+  }
+
+  /** A result fragment from f32 workgroup memory (row major). */
+  loadAcc(arr: string, off: string, stride: string): string {
+    if (!this.emulate) return `subgroupMatrixLoad<SA, row_major>(&${arr}, ${off}, ${stride})`;
+    this.accLoads.add(arr);
+    return `emuLoadF_${arr}(${off}, ${stride})`;
+  }
+
+  /**
+   * Statements that set \`out\` to x of the other thread of this row (lane ^ 16): a subgroup shuffle, or
+   * through workgroup memory Mx (with a barrier: call in uniform control flow) when emulated.
+   */
+  partner(out: string, x: string): string {
+    return this.emulate ? `workgroupBarrier();\n      Mx[lid] = ${x};\n      workgroupBarrier();\n      let ${out} = Mx[lid ^ 16u];` : `let ${out} = subgroupShuffleXor(${x}, 16u);`;
   }
 
   mma(a: string, b: string, c: string): string {
@@ -112,6 +154,7 @@ class Frag {
 enable subgroups;
 enable chromium_experimental_subgroup_matrix;
 diagnostic(off, chromium.subgroup_matrix_uniformity);
+diagnostic(off, subgroup_uniformity);
 alias SL = subgroup_matrix_left<f16, 16, 16>;
 alias SR = subgroup_matrix_right<f16, 16, 16>;
 alias SA = subgroup_matrix_result<f32, 16, 16>;`;
@@ -124,6 +167,13 @@ alias SA = subgroup_matrix_result<f32, 16, 16>;`;
       if (colMajor) { e = off * 8u + c * stride * 8u + r; }
       m[r * 16u + c] = unpack2x16float(${arr}[e / 8u][(e % 8u) / 2u])[e % 2u];
     }
+  }
+  return m;
+}`);
+    const accLoads = [...this.accLoads].map((arr) => `fn emuLoadF_${arr}(off : u32, stride : u32) -> array<f32, 256> {
+  var m : array<f32, 256>;
+  for (var r = 0u; r < 16u; r++) {
+    for (var c = 0u; c < 16u; c++) { m[r * 16u + c] = ${arr}[off + r * stride + c]; }
   }
   return m;
 }`);
@@ -150,16 +200,21 @@ fn emuMma(a : array<f32, 256>, b : array<f32, 256>, c : array<f32, 256>, lane : 
   return o;
 }
 ${loads.join('\n')}
+${accLoads.join('\n')}
 ${stores.join('\n')}`;
   }
 }
 
-const UNIFORMS = `struct U { B : u32, H : u32, KV : u32, T : u32, S : u32, Tp : u32, Sp : u32, past : u32, }`;
+// masked: 0 when there is no padding mask (MI is then not read: every key < S is real, none is fully masked)
+const UNIFORMS = `struct U { B : u32, H : u32, KV : u32, T : u32, S : u32, Tp : u32, Sp : u32, past : u32, masked : u32, }`;
 
-/** Uniform buffer contents (8 u32). */
-function uniformWords(B: number, H: number, KV: number, T: number, S: number, past: number): Uint32Array {
-  return Uint32Array.from([B, H, KV, T, S, padTo(T), padTo(S), past]);
+/** Uniform buffer contents (9 u32). */
+function uniformWords(B: number, H: number, KV: number, T: number, S: number, past: number, masked: boolean): Uint32Array {
+  return Uint32Array.from([B, H, KV, T, S, padTo(T), padTo(S), past, masked ? 1 : 0]);
 }
+
+/** Rescale threshold of the one-pass forward: P = exp(s − m) stays ≤ e^TAU (f16 holds it) while m lags the row max. */
+const TAU = 8;
 
 export function padTo(n: number): number {
   return Math.ceil(n / PAD) * PAD;
@@ -187,7 +242,7 @@ export class FlashSgProgram implements OwnKernel {
     if (headDim % 16 !== 0) throw new RangeError(`flash attention (subgroup matrix): head_dim ${headDim} is not a multiple of 16`);
     const keyOwner = kind === 'kv' || kind === 'dk' || kind === 'dv';
     this.nsg = keyOwner ? cfg.nsgKv : cfg.nsg;
-    this.bt = keyOwner ? cfg.btKv : kind === 'dq' ? cfg.btDq : cfg.bt;
+    this.bt = keyOwner ? cfg.btKv : kind === 'dq' ? cfg.btDq : kind === 'dqs' ? cfg.btDqs : cfg.bt;
     this.wg = 32 * this.nsg;
     const bo = 16 * this.nsg;
     if (PAD % bo !== 0 || PAD % this.bt !== 0 || this.bt % 16 !== 0) throw new RangeError(`flash attention (subgroup matrix): tiles ${bo} / ${this.bt} must divide ${PAD} and be multiples of 16`);
@@ -200,9 +255,17 @@ export class FlashSgProgram implements OwnKernel {
   static inputs(kind: Kind): string[] {
     switch (kind) {
       case 'stats': return ['Q16', 'K16', 'MI'];
+      case 'fwd': return ['Q16', 'K16', 'V16', 'MI'];
+      case 'dqs': return ['K16', 'DS', 'MI'];
       case 'out': return ['Q16', 'K16', 'V16', 'MI', 'ST'];
       default: return ['Q16', 'K16', 'V16', 'DO16', 'MI', 'ST', 'DL'];
     }
+  }
+
+  /** Output names, in binding order after the inputs (fwd: O and the row stats). */
+  outputs(): string[] {
+    const k = this.kind;
+    return k === 'fwd' ? ['OUT', 'STO'] : (k === 'kv' || k === 'dk') && this.cfg.dsStored ? ['OUT', 'DSO'] : ['OUT'];
   }
 
   /** Workgroup memory in bytes. */
@@ -210,32 +273,40 @@ export class FlashSgProgram implements OwnKernel {
     const D = this.headDim, RS = D / 8 + 1, BT = this.bt, BO = 16 * this.nsg;
     const SS = BT + 4, PS = BT / 8 + 1;
     const k = this.kind;
-    const tl = Math.max(k === 'stats' ? BT : 2 * BT, BO) * RS * 16;
-    const sc = (k === 'stats' || k === 'out' || k === 'dv' ? 1 : 2) * this.nsg * 16 * SS * 4;
-    const pc = (k === 'stats' ? 0 : k === 'kv' ? 2 : 1) * this.nsg * 16 * PS * 16;
-    return tl + sc + pc + 16;
+    const tl = (k === 'dqs' ? BT : Math.max(k === 'stats' ? BT : 2 * BT, BO)) * RS * 16;
+    const sc = (k === 'dqs' ? 0 : k === 'stats' || k === 'out' || k === 'fwd' || k === 'dv' ? 1 : 2) * this.nsg * 16 * SS * 4;
+    const pc = (k === 'stats' || k === 'dqs' ? 0 : k === 'kv' ? 2 : 1) * this.nsg * 16 * PS * 16;
+    const fw = k === 'fwd' ? BO * 4 + (this.cfg.emulate ? this.wg * 4 : 0) + 4 : 0;
+    return tl + sc + pc + fw + 16;
   }
 
   getUserCode(): string {
     const f = new Frag(this.cfg.emulate);
-    const body = this.kind === 'stats' || this.kind === 'out' || this.kind === 'dq' ? this.queryOwner(f) : this.keyOwner(f);
+    const body = this.kind === 'dqs' ? this.dqFromStored(f) : this.kind === 'stats' || this.kind === 'out' || this.kind === 'fwd' || this.kind === 'dq' ? this.queryOwner(f) : this.keyOwner(f);
     return `${f.header()}\n${body}`;
   }
 
-  private common(f: Frag): { decl: string; stage: (src: string, g0: string, n: number | string, w0: string) => string } {
+  private common(f: Frag): {
+    decl: string;
+    stage: (src: string, g0: string, n: number | string, w0: string) => string;
+    fetch: (reg: string, src: string, g0: string) => string;
+    put: (reg: string, w0: string) => string;
+    np: number;
+  } {
     const D = this.headDim, DV = D / 8, RS = DV + 1, BT = this.bt, NSG = this.nsg, BO = 16 * NSG;
     const SS = BT + 4, PS = BT / 8 + 1;
     const k = this.kind;
     const ins = FlashSgProgram.inputs(k);
-    const types: Record<string, string> = { Q16: 'array<vec4<u32>>', K16: 'array<vec4<u32>>', V16: 'array<vec4<u32>>', DO16: 'array<vec4<u32>>', MI: 'array<i32>', ST: 'array<f32>', DL: 'array<f32>' };
-    const nsc = k === 'stats' || k === 'out' || k === 'dv' ? 1 : 2;
-    const npc = k === 'stats' ? 0 : k === 'kv' ? 2 : 1;
-    const tlRows = Math.max(k === 'stats' ? BT : 2 * BT, BO);
+    const types: Record<string, string> = { Q16: 'array<vec4<u32>>', K16: 'array<vec4<u32>>', V16: 'array<vec4<u32>>', DO16: 'array<vec4<u32>>', DS: 'array<vec4<u32>>', DSO: 'array<vec4<u32>>', MI: 'array<i32>', ST: 'array<f32>', DL: 'array<f32>' };
+    const nsc = k === 'dqs' ? 0 : k === 'stats' || k === 'out' || k === 'fwd' || k === 'dv' ? 1 : 2;
+    const outs = this.outputs();
+    const npc = k === 'stats' || k === 'dqs' ? 0 : k === 'kv' ? 2 : 1;
+    const tlRows = k === 'dqs' ? BT : Math.max(k === 'stats' ? BT : 2 * BT, BO);
     void f;
     const decl = `${UNIFORMS}
 ${ins.map((n, i) => `@group(0) @binding(${i}) var<storage, read> ${n} : ${types[n]};`).join('\n')}
-@group(0) @binding(${ins.length}) var<storage, read_write> OUT : array<f32>;
-@group(0) @binding(${ins.length + 1}) var<uniform> u : U;
+${outs.map((n, i) => `@group(0) @binding(${ins.length + i}) var<storage, read_write> ${n} : ${types[n] ?? 'array<f32>'};`).join('\n')}
+@group(0) @binding(${ins.length + outs.length}) var<uniform> u : U;
 
 const D = ${D}u;
 const DV = ${DV}u;      // vec4<u32> (8 halves) per row in global memory
@@ -247,18 +318,30 @@ const SS = ${SS}u;      // f32 scratch row stride
 const PS = ${PS}u;      // f16 scratch row stride in vec4
 const HALF = ${BT / 2}u; // columns per thread in the lane steps
 const SCALE = ${1 / Math.sqrt(D)};
+const TAU = ${TAU.toFixed(1)};
 const MASKED = ${MASKED.toExponential()};
 const FAR = -1e30;
 
 var<workgroup> Tl : array<vec4<u32>, ${tlRows * RS}>;
-var<workgroup> Sc : array<f32, ${nsc * NSG * 16 * SS}>;
+${nsc ? `var<workgroup> Sc : array<f32, ${nsc * NSG * 16 * SS}>;` : ''}
 ${npc ? `var<workgroup> Pc : array<vec4<u32>, ${npc * NSG * 16 * PS}>;` : ''}
+${k === 'fwd' ? `var<workgroup> Al : array<f32, ${BO}>;   // per-row rescale factor of the tile
+var<workgroup> wgF : u32;              // some row of the workgroup rescales O this tile
+${this.cfg.emulate ? `var<workgroup> Mx : array<f32, ${this.wg}>;` : ''}` : ''}
 var<workgroup> wgU : u32;`;
     const stage = (src: string, g0: string, n: number | string, w0: string) => `for (var e = lid; e < (${n}) * DV; e += WG) {
         let r = e / DV;
         Tl[${w0} + r * RS + e % DV] = ${src}[(${g0} + r) * DV + e % DV];
       }`;
-    return { decl, stage };
+    // prefetch of one BT-row tile: NP vec4 per thread in registers `reg`, then into Tl
+    const NP = Math.ceil((BT * DV) / this.wg);
+    const each = (body: string) => `for (var i = 0u; i < ${NP}u; i++) {
+        let e = lid + i * WG;
+        ${(BT * DV) % this.wg === 0 ? body : `if (e < BT * DV) { ${body} }`}
+      }`;
+    const fetch = (reg: string, src: string, g0: string) => each(`${reg}[i] = ${src}[(${g0} + e / DV) * DV + e % DV];`);
+    const put = (reg: string, w0: string) => each(`Tl[${w0} + (e / DV) * RS + e % DV] = ${reg}[i];`);
+    return { decl, stage, fetch, put, np: NP };
   }
 
   private entry(): string {
@@ -273,12 +356,43 @@ fn main(@builtin(local_invocation_index) lid : u32, @builtin(workgroup_id) wid :
 
   /** stats, out, dq: a workgroup owns BO query rows of one head and walks the key tiles. */
   private queryOwner(f: Frag): string {
-    const { decl, stage } = this.common(f);
+    const { decl, stage, fetch, put, np } = this.common(f);
     const k = this.kind;
     const D = this.headDim, NF = D / 16, NT = this.bt / 16, BT = this.bt;
+    const pf = this.cfg.prefetch, withV = k !== 'stats';
+    const fetchKV = (k0: string) => `${fetch('pk', 'K16', `kr0 + ${k0}`)}
+    ${withV ? fetch('pv', 'V16', `kr0 + ${k0}`) : ''}`;
     const pack = (vals: string[]) => `vec4<u32>(${range(4).map((i) => `pack2x16float(vec2<f32>(${vals[2 * i]}, ${vals[2 * i + 1]}))`).join(', ')})`;
     // lane step: thread lid serves region lr (a subgroup's 16 rows), row lrow, columns lh·HALF..
-    const laneStep = k === 'stats'
+    const laneStep = k === 'fwd'
+      ? `var tmax = FAR;
+      var xs : array<f32, ${BT / 2}>;
+      for (var c = 0u; c < HALF; c++) {
+        let col = lh * HALF + c;
+        let x = maskScore(Sc[srow + col], k0 + col, tq, b);
+        xs[c] = x;
+        tmax = max(tmax, x);
+      }
+      ${f.partner('tmax1', 'tmax')}
+      let rmax = max(tmax, tmax1);
+      var alpha = 1.0;
+      if (rmax > lm + TAU) {
+        if (lm > 0.5 * FAR) { wgF = 1u; }   // O holds weights of the old reference: rescale it
+        alpha = exp(lm - rmax);
+        lm = rmax;
+      }
+      if (lh == 0u) { Al[lr * 16u + lrow] = alpha; }
+      ll *= alpha;
+      for (var g = 0u; g < HALF / 8u; g++) {
+        var v : array<f32, 8>;
+        for (var i = 0u; i < 8u; i++) {
+          let p = exp(xs[g * 8u + i] - lm);
+          v[i] = p;
+          ll += p;
+        }
+        Pc[lr * 16u * PS + lrow * PS + lh * (HALF / 8u) + g] = ${pack(range(8).map((i) => `v[${i}]`))};
+      }`
+      : k === 'stats'
       ? `var tmax = FAR;
       var xs : array<f32, ${BT / 2}>;
       for (var c = 0u; c < HALF; c++) {
@@ -318,8 +432,9 @@ ${this.entry()}
   let srow = (lr * 16u + lrow) * SS;
   let DP = ${16 * this.nsg}u * SS;
   if (lid == 0u) {
+    ${k === 'fwd' ? 'wgF = 0u;' : ''}
     var end = min(u.S, u.past + min(q0 + BO, u.T));
-    if (u32(MI[u.B * u.S + b]) > u.past + q0) { end = u.S; }
+    if (u.masked != 0u && u32(MI[u.B * u.S + b]) > u.past + q0) { end = u.S; }
     wgU = end;
   }
   let kEnd = workgroupUniformLoad(&wgU);
@@ -330,15 +445,24 @@ ${this.entry()}
   ${stage('DO16', 'qr0 + q0', 'BO', '0u')}
   workgroupBarrier();
   ${lines(NF, (c) => `let df${c} = ${f.load('SL', 'Tl', 'row', `(sg * 16u) * RS + ${2 * c}u`, 'RS')};`)}` : ''}
-  ${k === 'stats' ? 'var lm = FAR;\n  var ll = 0.0;' : `let rm = ST[2u * (qr0 + tq)];
+  ${k === 'stats' || k === 'fwd' ? 'var lm = FAR;\n  var ll = 0.0;' : ''}
+  ${k === 'stats' || k === 'fwd' ? '' : `let rm = ST[2u * (qr0 + tq)];
   let rl = ST[2u * (qr0 + tq) + 1u];
-  ${k === 'dq' ? 'let rd = DL[qr0 + tq];' : ''}
-  ${lines(NF, (c) => `var acc${c} = SA();`)}`}
+  ${k === 'dq' ? 'let rd = DL[qr0 + tq];' : ''}`}
+  ${k === 'stats' ? '' : lines(NF, (c) => `var acc${c} = SA();`)}
+  ${pf ? `var pk : array<vec4<u32>, ${np}>;
+  ${withV ? `var pv : array<vec4<u32>, ${np}>;` : ''}
+  ${fetchKV('0u')}` : ''}
   for (var k0 = 0u; k0 < kEnd; k0 += BT) {
     workgroupBarrier();
-    ${stage('K16', 'kr0 + k0', 'BT', '0u')}
-    ${k !== 'stats' ? stage('V16', 'kr0 + k0', 'BT', 'BT * RS') : ''}
+    ${k === 'fwd' ? 'if (lid == 0u) { wgF = 0u; }' : ''}
+    ${pf ? `${put('pk', '0u')}
+    ${withV ? put('pv', 'BT * RS') : ''}` : `${stage('K16', 'kr0 + k0', 'BT', '0u')}
+    ${withV ? stage('V16', 'kr0 + k0', 'BT', 'BT * RS') : ''}`}
     workgroupBarrier();
+    ${pf ? `if (k0 + BT < kEnd) {
+      ${fetchKV('k0 + BT')}
+    }` : ''}
     ${lines(NT, (j) => `{
       var s = SA();
       ${lines(NF, (c) => `s = ${f.mma(`qf${c}`, f.load('SR', 'Tl', 'col', `${16 * j}u * RS + ${2 * c}u`, 'RS'), 's')};`)}
@@ -352,9 +476,18 @@ ${this.entry()}
       ${laneStep}
     }
     ${k === 'stats' ? '' : `workgroupBarrier();
+    ${k === 'fwd' ? `if (workgroupUniformLoad(&wgF) != 0u) {
+      // some row's reference max moved: O *= alpha per row, fragment by fragment through this subgroup's Sc rows
+      ${lines(NF, (c) => `${f.store('Sc', 'sg * 16u * SS', `acc${c}`, 'SS')}
+      workgroupBarrier();
+      for (var i = 0u; i < 8u; i++) { Sc[srow + lh * 8u + i] *= Al[lr * 16u + lrow]; }
+      workgroupBarrier();
+      acc${c} = ${f.loadAcc('Sc', 'sg * 16u * SS', 'SS')};
+      workgroupBarrier();`)}
+    }` : ''}
     ${lines(NT, (j) => `{
       let pf = ${f.load('SL', 'Pc', 'row', `sg * 16u * PS + ${2 * j}u`, 'PS')};
-      ${lines(NF, (c) => `acc${c} = ${f.mma('pf', f.load('SR', 'Tl', 'row', `${k === 'out' ? 'BT * RS + ' : ''}${16 * j}u * RS + ${2 * c}u`, 'RS'), `acc${c}`)};`)}
+      ${lines(NF, (c) => `acc${c} = ${f.mma('pf', f.load('SR', 'Tl', 'row', `${k !== 'dq' ? 'BT * RS + ' : ''}${16 * j}u * RS + ${2 * c}u`, 'RS'), `acc${c}`)};`)}
     }`)}`}
   }
   ${k === 'stats' ? `workgroupBarrier();
@@ -368,23 +501,88 @@ ${this.entry()}
     let l = ll * exp(lm - m) + l1 * exp(m1 - m);
     OUT[2u * (qr0 + tq)] = m;
     OUT[2u * (qr0 + tq) + 1u] = log(l);
-  }` : lines(NF, (c) => f.store('OUT', `(qr0 + q0 + sg * 16u) * D + ${16 * c}u`, `acc${c}`, 'D'))}
+  }` : k === 'fwd' ? `${f.partner('ll1', 'll')}
+  let lsum = ll + ll1;
+  if (lh == 0u) {
+    Al[lr * 16u + lrow] = 1.0 / lsum;
+    STO[2u * (qr0 + tq)] = lm;
+    STO[2u * (qr0 + tq) + 1u] = log(lsum);
+  }
+  // O / rowsum, fragment by fragment through this subgroup's Sc rows
+  ${lines(NF, (c) => `workgroupBarrier();
+  ${f.store('Sc', 'sg * 16u * SS', `acc${c}`, 'SS')}
+  workgroupBarrier();
+  for (var i = 0u; i < 8u; i++) { OUT[(qr0 + tq) * D + ${16 * c}u + lh * 8u + i] = Sc[srow + lh * 8u + i] * Al[lr * 16u + lrow]; }`)}` : lines(NF, (c) => f.store('OUT', `(qr0 + q0 + sg * 16u) * D + ${16 * c}u`, `acc${c}`, 'D'))}
 }
 
 /** The score of key \`key\` for query row \`t\` (batch b): scaled if visible, MASKED if not, FAR past the keys. */
 fn maskScore(s : f32, key : u32, t : u32, b : u32) -> f32 {
   if (key >= u.S) { return FAR; }
-  if (MI[b * u.S + key] != 0 && key <= u.past + t) { return s * SCALE; }
+  if (key <= u.past + t && (u.masked == 0u || MI[b * u.S + key] != 0)) { return s * SCALE; }
   return MASKED;
+}
+`;
+  }
+
+  /**
+   * dqs: dQ = dS·K from the dS the kv kernel stored (key-major: DS[(b·H + h)·Sp + s][t], f16, scale included).
+   * A workgroup owns BO query rows and walks the key tiles of the forward's range, K staged in Tl; a
+   * subgroup skips the 16×16 blocks the kv kernel skipped (wholly after its rows' positions, for rows that
+   * all see some key: dS is 0 there, and never written).
+   */
+  private dqFromStored(f: Frag): string {
+    const { decl, stage, fetch, put } = this.common(f);
+    const NF = this.headDim / 16, NT = this.bt / 16;
+    const pf = this.cfg.prefetch;
+    return `${decl}
+
+${this.entry()}
+  let b = wid.z;
+  let h = wid.y;
+  let q0 = wid.x * BO;
+  if (q0 >= u.T) { return; }
+  let G = u.H / u.KV;
+  let kr0 = (b * u.KV + h / G) * u.Sp;
+  let dsRow = (b * u.H + h) * u.Sp;
+  let TP8 = u.Tp / 8u;
+  var first = 0u;
+  if (u.masked != 0u) { first = u32(MI[u.B * u.S + b]); }
+  if (lid == 0u) {
+    var end = min(u.S, u.past + min(q0 + BO, u.T));
+    if (first > u.past + q0) { end = u.S; }
+    wgU = end;
+  }
+  let kEnd = workgroupUniformLoad(&wgU);
+  let t0 = q0 + sg * 16u;                 // this subgroup's query rows t0..t0+15
+  let allSee = u.past + t0 >= first;
+  ${lines(NF, (c) => `var acc${c} = SA();`)}
+  ${pf ? `var pk : array<vec4<u32>, ${this.common(f).np}>;
+  ${fetch('pk', 'K16', 'kr0')}` : ''}
+  for (var k0 = 0u; k0 < kEnd; k0 += BT) {
+    workgroupBarrier();
+    ${pf ? put('pk', '0u') : stage('K16', 'kr0 + k0', 'BT', '0u')}
+    workgroupBarrier();
+    ${pf ? `if (k0 + BT < kEnd) {
+      ${fetch('pk', 'K16', 'kr0 + k0 + BT')}
+    }` : ''}
+    ${lines(NT, (j) => `if (!(allSee && k0 + ${16 * j}u > u.past + t0 + 15u)) {
+      let dsf = ${f.load('SL', 'DS', 'col', `(dsRow + k0 + ${16 * j}u) * TP8 + t0 / 8u`, 'TP8')};
+      ${lines(NF, (c) => `acc${c} = ${f.mma('dsf', f.load('SR', 'Tl', 'row', `${16 * j}u * RS + ${2 * c}u`, 'RS'), `acc${c}`)};`)}
+    }`)}
+  }
+  ${lines(NF, (c) => f.store('OUT', `((b * u.H + h) * u.Tp + t0) * D + ${16 * c}u`, `acc${c}`, 'D'))}
 }
 `;
   }
 
   /** kv, dk, dv: a workgroup owns BO keys of one KV head, for one query head, and walks the query tiles. */
   private keyOwner(f: Frag): string {
-    const { decl, stage } = this.common(f);
+    const { decl, stage, fetch, put, np } = this.common(f);
     const k = this.kind;
     const dk = k !== 'dv', dv = k !== 'dk';
+    const pf = this.cfg.prefetch;
+    const fetchQD = (q0: string) => `${fetch('pq', 'Q16', `qr0 + ${q0}`)}
+    ${fetch('pd', 'DO16', `qr0 + ${q0}`)}`;
     const D = this.headDim, NF = D / 16, NT = this.bt / 16;
     const pack = (vals: string[]) => `vec4<u32>(${range(4).map((i) => `pack2x16float(vec2<f32>(${vals[2 * i]}, ${vals[2 * i + 1]}))`).join(', ')})`;
     // Pc regions: P at 0 (dv), dS at PD (dk)
@@ -406,8 +604,11 @@ ${this.entry()}
   let srow = (lr * 16u + lrow) * SS;
   let DP = ${16 * this.nsg}u * SS;
   var keyOk = false;
-  if (kk < u.S) { keyOk = MI[b * u.S + kk] != 0; }
-  if (lid == 0u) { wgU = u32(MI[u.B * u.S + b]); }
+  if (kk < u.S) { keyOk = u.masked == 0u || MI[b * u.S + kk] != 0; }
+  if (lid == 0u) {
+    wgU = 0u;
+    if (u.masked != 0u) { wgU = u32(MI[u.B * u.S + b]); }
+  }
   let first = workgroupUniformLoad(&wgU);
   ${dk ? '' : '_ = V16[0];\n  _ = DL[0];  // bound in every kv variant (one binding list), read only by dK'}
   ${stage('K16', 'kr0 + k0', 'BO', '0u')}
@@ -423,12 +624,26 @@ ${this.entry()}
   var qStart = 0u;
   if (k0 > u.past) { qStart = (k0 - u.past) / BT * BT; }
   if (first > u.past) { qStart = 0u; }
-  for (var q0 = qStart; q0 < u.T; q0 += BT) {
-    if (u.past + q0 + BT - 1u < k0 && u.past + q0 >= first) { continue; }
+  // skipped: tiles wholly before these keys whose rows all see some key
+  var q0 = qStart;
+  while (q0 < u.T && skipTile(q0, k0, first)) { q0 += BT; }
+  ${pf ? `var pq : array<vec4<u32>, ${np}>;
+  var pd : array<vec4<u32>, ${np}>;
+  if (q0 < u.T) {
+    ${fetchQD('q0')}
+  }` : ''}
+  loop {
+    if (q0 >= u.T) { break; }
+    var qn = q0 + BT;
+    while (qn < u.T && skipTile(qn, k0, first)) { qn += BT; }
     workgroupBarrier();
-    ${stage('Q16', 'qr0 + q0', 'BT', '0u')}
-    ${stage('DO16', 'qr0 + q0', 'BT', 'BT * RS')}
+    ${pf ? `${put('pq', '0u')}
+    ${put('pd', 'BT * RS')}` : `${stage('Q16', 'qr0 + q0', 'BT', '0u')}
+    ${stage('DO16', 'qr0 + q0', 'BT', 'BT * RS')}`}
     workgroupBarrier();
+    ${pf ? `if (qn < u.T) {
+      ${fetchQD('qn')}
+    }` : ''}
     ${lines(NT, (j) => `{
       var s = SA();
       ${lines(NF, (c) => `s = ${f.mma(`kf${c}`, f.load('SR', 'Tl', 'col', `${16 * j}u * RS + ${2 * c}u`, 'RS'), 's')};`)}
@@ -455,7 +670,9 @@ ${this.entry()}
         ${dv ? 'pv[i] = p;' : ''}
       }
       ${dv ? `Pc[lr * 16u * PS + lrow * PS + lh * (HALF / 8u) + g] = ${pack(range(8).map((i) => `pv[${i}]`))};` : ''}
-      ${dk ? `Pc[${PD} + lr * 16u * PS + lrow * PS + lh * (HALF / 8u) + g] = ${pack(range(8).map((i) => `sv[${i}]`))};` : ''}
+      ${dk ? `let sp = ${pack(range(8).map((i) => `sv[${i}]`))};
+      Pc[${PD} + lr * 16u * PS + lrow * PS + lh * (HALF / 8u) + g] = sp;
+      ${this.cfg.dsStored ? 'DSO[((b * u.H + h) * u.Sp + kk) * (u.Tp / 8u) + (q0 + lh * HALF + g * 8u) / 8u] = sp;' : ''}` : ''}
     }
     workgroupBarrier();
     ${lines(NT, (j) => `{
@@ -464,51 +681,72 @@ ${this.entry()}
       ${dk ? `let sf = ${f.load('SL', 'Pc', 'row', `${PD} + sg * 16u * PS + ${2 * j}u`, 'PS')};
       ${lines(NF, (c) => `dk${c} = ${f.mma('sf', f.load('SR', 'Tl', 'row', `${16 * j}u * RS + ${2 * c}u`, 'RS'), `dk${c}`)};`)}` : ''}
     }`)}
+    q0 = qn;
   }
   let dkAt = ((b * u.H + h) * u.Sp + k0 + sg * 16u) * D;
   let dvAt = u.B * u.H * u.Sp * D + dkAt;
   ${dk ? lines(NF, (c) => f.store('OUT', `dkAt + ${16 * c}u`, `dk${c}`, 'D')) : ''}
   ${dv ? lines(NF, (c) => f.store('OUT', `dvAt + ${16 * c}u`, `dv${c}`, 'D')) : ''}
 }
+
+/** A query tile wholly before keys k0.. (causal) whose rows all see some key (none before \`first\`): no weight on these keys. */
+fn skipTile(q0 : u32, k0 : u32, first : u32) -> bool {
+  return u.past + q0 + BT - 1u < k0 && u.past + q0 >= first;
+}
 `;
   }
 }
 
-/** f32 [N, T, D] → f16 [N, Tp, D] packed (8 halves per vec4<u32>), rows ≥ T zero. */
-export class HalfPadProgram implements OwnKernel {
+/**
+ * The forward prologue in one dispatch: q f32 [Nq, T, D] and k, v f32 [Nk, S, D] → packed f16 [N, Tp|Sp, D]
+ * (8 halves per vec4<u32>), rows past T / S zero. One thread per output vec4, q's first, then k's, then v's.
+ */
+export class HalfPadQkvProgram implements OwnKernel {
   shaderKey: string;
   dispatch: [number, number, number];
+  private readonly nq: number;
+  private readonly nk: number;
 
-  constructor(readonly headDim: number, readonly n: number, readonly T: number) {
-    this.shaderKey = `tsft_flash_sg_halfpad_d${headDim}`;
-    this.dispatch = gridFor((n * padTo(T) * headDim) / 8, 256);
+  constructor(readonly headDim: number, nq: number, readonly T: number, nk: number, readonly S: number) {
+    this.shaderKey = `tsft_flash_sg_halfpad_qkv_d${headDim}`;
+    this.nq = (nq * padTo(T) * headDim) / 8;
+    this.nk = (nk * padTo(S) * headDim) / 8;
+    this.dispatch = gridFor(this.nq + 2 * this.nk, 256);
   }
 
   getUserCode(): string {
-    return `struct P { T : u32, Tp : u32, n : u32, gx : u32, }
-@group(0) @binding(0) var<storage, read> X : array<vec4<f32>>;
-@group(0) @binding(1) var<storage, read_write> Y : array<vec4<u32>>;
-@group(0) @binding(2) var<uniform> p : P;
+    const conv = (X: string, Y: string, i: string, T: string, Tp: string) => `{
+    let row = ${i} / DV;
+    let t = row % ${Tp};
+    var o = vec4<u32>(0u);
+    if (t < ${T}) {
+      let src = ((row / ${Tp}) * ${T} + t) * DV * 2u + (${i} % DV) * 2u;
+      let a = ${X}[src];
+      let c = ${X}[src + 1u];
+      o = vec4<u32>(pack2x16float(a.xy), pack2x16float(a.zw), pack2x16float(c.xy), pack2x16float(c.zw));
+    }
+    ${Y}[${i}] = o;
+  }`;
+    return `struct P { T : u32, Tp : u32, S : u32, Sp : u32, nq : u32, nk : u32, gx : u32, pad : u32, }
+@group(0) @binding(0) var<storage, read> XQ : array<vec4<f32>>;
+@group(0) @binding(1) var<storage, read> XK : array<vec4<f32>>;
+@group(0) @binding(2) var<storage, read> XV : array<vec4<f32>>;
+@group(0) @binding(3) var<storage, read_write> YQ : array<vec4<u32>>;
+@group(0) @binding(4) var<storage, read_write> YK : array<vec4<u32>>;
+@group(0) @binding(5) var<storage, read_write> YV : array<vec4<u32>>;
+@group(0) @binding(6) var<uniform> p : P;
 const DV = ${this.headDim / 8}u;
 @compute @workgroup_size(256)
 fn main(@builtin(global_invocation_id) gid : vec3<u32>) {
   let i = gid.y * p.gx * 256u + gid.x;
-  if (i >= p.n) { return; }
-  let row = i / DV;
-  let t = row % p.Tp;
-  var o = vec4<u32>(0u);
-  if (t < p.T) {
-    let src = ((row / p.Tp) * p.T + t) * DV * 2u + (i % DV) * 2u;
-    let a = X[src];
-    let c = X[src + 1u];
-    o = vec4<u32>(pack2x16float(a.xy), pack2x16float(a.zw), pack2x16float(c.xy), pack2x16float(c.zw));
-  }
-  Y[i] = o;
+  if (i < p.nq) ${conv('XQ', 'YQ', 'i', 'p.T', 'p.Tp')}
+  else if (i < p.nq + p.nk) ${conv('XK', 'YK', '(i - p.nq)', 'p.S', 'p.Sp')}
+  else if (i < p.nq + 2u * p.nk) ${conv('XV', 'YV', '(i - p.nq - p.nk)', 'p.S', 'p.Sp')}
 }`;
   }
 
   uniform(): Uint32Array {
-    return Uint32Array.from([this.T, padTo(this.T), (this.n * padTo(this.T) * this.headDim) / 8, this.dispatch[0]]);
+    return Uint32Array.from([this.T, padTo(this.T), this.S, padTo(this.S), this.nq, this.nk, this.dispatch[0], 0]);
   }
 }
 
@@ -623,11 +861,22 @@ export interface OwnDispatch {
   uniform: Uint32Array;
 }
 
+/** Each pipeline's bind group layout (getBindGroupLayout makes a new object per call). */
+const layouts = new WeakMap<GPUComputePipeline, GPUBindGroupLayout>();
+
+let ownRecorder: ((dispatches: OwnDispatch[]) => void) | null = null;
+
+/** Benches: `f` sees every {@link runOwn} call's dispatches (to time each kernel alone); null stops it. */
+export function recordOwnDispatches(f: ((dispatches: OwnDispatch[]) => void) | null): void {
+  ownRecorder = f;
+}
+
 /**
  * Records the dispatches, in order, into one compute pass of tfjs's command encoder (each dispatch sees
  * what the previous ones wrote), then submits once: one submit per attention pass instead of one per kernel.
  */
 export function runOwn(dispatches: OwnDispatch[]): void {
+  ownRecorder?.(dispatches);
   const backend = webgpuBackend();
   const device = backend.device;
   const internals = backend as unknown as BackendInternals;
@@ -637,8 +886,10 @@ export function runOwn(dispatches: OwnDispatch[]): void {
     device.queue.writeBuffer(ubuf, 0, uniform.buffer, uniform.byteOffset, uniform.byteLength);
     internals.uniformPendingDisposal.push(ubuf);
     const pipeline = pipelineFor(device, kernel);
+    let layout = layouts.get(pipeline);
+    if (!layout) layouts.set(pipeline, (layout = pipeline.getBindGroupLayout(0)));
     const bindGroup = device.createBindGroup({
-      layout: pipeline.getBindGroupLayout(0),
+      layout,
       entries: [...tensors.map((t) => ({ buffer: gpuBufferOf(t) })), { buffer: ubuf }].map((resource, binding) => ({ binding, resource })),
     });
     return { pipeline, bindGroup, dispatch: kernel.dispatch };
@@ -653,14 +904,6 @@ export function runOwn(dispatches: OwnDispatch[]): void {
   }
   pass.end();
   backend.submitQueue();
-}
-
-/** The {@link runOwn} dispatch that rounds f32 [B, N, T, D] to packed f16 [B·N·Tp·D/2] int32 words (rows past T zero) into a new tensor. */
-function halfPadDispatch(x: tf.Tensor4D): [OwnDispatch, tf.Tensor] {
-  const [B, N, T, D] = x.shape;
-  const kernel = new HalfPadProgram(D, B * N, T);
-  const out = uninitialised([(B * N * padTo(T) * D) / 2], 'int32');
-  return [{ kernel, tensors: [x, out], uniform: kernel.uniform() }, out];
 }
 
 /** mask [B, S] (int32, 0 / non-zero) → [mask (0/1) of B·S keys | first visible key of each batch row (S if none)]. */
@@ -694,13 +937,6 @@ fn main(@builtin(local_invocation_index) lid : u32, @builtin(workgroup_id) wid :
   }
 }
 
-/** f32 [B, N, T, D] → packed f16 [B·N·Tp·D/2] int32 words, rows past T zero. */
-export function halfPadded(x: tf.Tensor4D): tf.Tensor {
-  const [d, out] = halfPadDispatch(x);
-  runOwn([d]);
-  return out;
-}
-
 // ---------------------------------------------------------------------------------------------------
 // The tfjs-level function
 
@@ -713,7 +949,7 @@ export interface FlashSgOptions {
 /** Workgroup bytes the largest kernel of `cfg` needs at head dim D. */
 export function sgWorkgroupBytes(D: number, cfg: SgAttentionConfig): number {
   const dims = { B: 1, H: 1, T: 1, S: 1 };
-  const kinds: Kind[] = ['stats', 'out', 'dq', ...(cfg.kvSplit ? (['dk', 'dv'] as Kind[]) : (['kv'] as Kind[]))];
+  const kinds: Kind[] = [...(cfg.fwd1 ? (['fwd'] as Kind[]) : (['stats', 'out'] as Kind[])), 'dq', 'dqs', ...(cfg.kvSplit ? (['dk', 'dv'] as Kind[]) : (['kv'] as Kind[]))];
   return Math.max(...kinds.map((k) => new FlashSgProgram(k, D, cfg, dims).workgroupBytes()));
 }
 
@@ -728,30 +964,41 @@ export function flashAttentionSg(q: tf.Tensor4D, k: tf.Tensor4D, v: tf.Tensor4D,
   const cfg = opts.config ?? DEFAULT_SG_CONFIG;
   const past = opts.past;
   const Tp = padTo(T), Sp = padTo(S);
-  const uni = uniformWords(B, H, KV, T, S, past);
   const m = opts.attentionMask;
+  const uni = uniformWords(B, H, KV, T, S, past, !!m);
   const attend = tf.customGrad((...args: (tf.Tensor | tf.GradSaveFunc)[]) => {
     const [qi, ki, vi] = args as tf.Tensor4D[];
     const save = args[3] as tf.GradSaveFunc;
-    // [mask (0/1) of B·S keys | first visible key of each batch row]
-    const maskI = m ? (m.dtype === 'int32' ? m : tf.cast(m, 'int32')) : tf.ones([B, S], 'int32');
-    const mi = uninitialised([B * S + B], 'int32');
-    const [hq, q16] = halfPadDispatch(qi), [hk, k16] = halfPadDispatch(ki), [hv, v16] = halfPadDispatch(vi);
+    const dispatches: OwnDispatch[] = [];
+    // with a mask: [mask (0/1) of B·S keys | first visible key of each batch row]; without, nothing reads MI
+    // (uniform masked = 0) and q16 stands in for its binding
+    const maskI = m ? (m.dtype === 'int32' ? m : tf.cast(m, 'int32')) : undefined;
+    const mi = maskI ? uninitialised([B * S + B], 'int32') : undefined;
+    if (maskI) dispatches.push({ kernel: new MaskInfoProgram(B, S), tensors: [maskI, mi!], uniform: Uint32Array.from([B, S, 0, 0]) });
+    const q16 = uninitialised([(B * H * Tp * D) / 2], 'int32');
+    const k16 = uninitialised([(B * KV * Sp * D) / 2], 'int32');
+    const v16 = uninitialised([(B * KV * Sp * D) / 2], 'int32');
+    const prologue = new HalfPadQkvProgram(D, B * H, T, B * KV, S);
+    dispatches.push({ kernel: prologue, tensors: [qi, ki, vi, q16, k16, v16], uniform: prologue.uniform() });
     const stats = uninitialised([B * H * Tp * 2]);
     const oPad = uninitialised([B, H, Tp, D]);
-    runOwn([
-      { kernel: new MaskInfoProgram(B, S), tensors: [maskI, mi], uniform: Uint32Array.from([B, S, 0, 0]) },
-      hq, hk, hv,
-      { kernel: new FlashSgProgram('stats', D, cfg, { B, H, T, S }), tensors: [q16, k16, mi, stats], uniform: uni },
-      { kernel: new FlashSgProgram('out', D, cfg, { B, H, T, S }), tensors: [q16, k16, v16, mi, stats, oPad], uniform: uni },
-    ]);
-    if (maskI !== m) maskI.dispose();
-    save([q16, k16, v16, mi, stats, oPad]);
+    const dims = { B, H, T, S };
+    if (cfg.fwd1) {
+      dispatches.push({ kernel: new FlashSgProgram('fwd', D, cfg, dims), tensors: [q16, k16, v16, mi ?? q16, oPad, stats], uniform: uni });
+    } else {
+      dispatches.push(
+        { kernel: new FlashSgProgram('stats', D, cfg, dims), tensors: [q16, k16, mi ?? q16, stats], uniform: uni },
+        { kernel: new FlashSgProgram('out', D, cfg, dims), tensors: [q16, k16, v16, mi ?? q16, stats, oPad], uniform: uni },
+      );
+    }
+    runOwn(dispatches);
+    if (maskI && maskI !== m) maskI.dispose();
+    save(mi ? [q16, k16, v16, stats, oPad, mi] : [q16, k16, v16, stats, oPad]);
     const value = (Tp === T ? tf.reshape(oPad, [B, H, T, D]) : tf.slice(oPad, [0, 0, 0, 0], [B, H, T, D])) as tf.Tensor4D;
     return {
       value,
       gradFunc: (dy: tf.Tensor, saved: tf.Tensor[]) => {
-        const [sq, sk, sv, smi, sst, so] = saved;
+        const [sq, sk, sv, sst, so, smi = sq] = saved;
         const prep = new PrepProgram(D, B * H, T);
         const do16 = uninitialised([(B * H * Tp * D) / 2], 'int32');
         const delta = uninitialised([B * H * Tp]);
@@ -761,10 +1008,16 @@ export function flashAttentionSg(q: tf.Tensor4D, k: tf.Tensor4D, v: tf.Tensor4D,
         const gs = new GroupSumProgram(D, B, H, KV, S);
         const dk = uninitialised([B, KV, S, D]);
         const dv = uninitialised([B, KV, S, D]);
+        const dims = { B, H, T, S };
+        // dS stored by the kv kernel (f16 [B, H, Sp, Tp]) when it fits: dQ is then a plain matmul
+        const bcfg = cfg.dsStored && B * H * Sp * Tp * 2 <= DS_MAX_BYTES ? cfg : { ...cfg, dsStored: false };
+        const ds = bcfg.dsStored ? uninitialised([(B * H * Sp * Tp) / 2], 'int32') : undefined;
+        const kvKinds: Kind[] = cfg.kvSplit ? ['dk', 'dv'] : ['kv'];
         runOwn([
           { kernel: prep, tensors: [dy, so, do16, delta], uniform: prep.uniform() },
-          { kernel: new FlashSgProgram('dq', D, cfg, { B, H, T, S }), tensors: [...ins, dqPad], uniform: uni },
-          ...(cfg.kvSplit ? (['dk', 'dv'] as Kind[]) : (['kv'] as Kind[])).map((kind) => ({ kernel: new FlashSgProgram(kind, D, cfg, { B, H, T, S }), tensors: [...ins, dkv], uniform: uni })),
+          ...(ds ? [] : [{ kernel: new FlashSgProgram('dq', D, bcfg, dims), tensors: [...ins, dqPad], uniform: uni }]),
+          ...kvKinds.map((kind) => ({ kernel: new FlashSgProgram(kind, D, bcfg, dims), tensors: [...ins, dkv, ...(ds && kind !== 'dv' ? [ds] : [])], uniform: uni })),
+          ...(ds ? [{ kernel: new FlashSgProgram('dqs', D, bcfg, dims), tensors: [sk, ds, smi, dqPad], uniform: uni }] : []),
           { kernel: gs, tensors: [dkv, dk, dv], uniform: gs.uniform() },
         ]);
         const dq = Tp === T ? tf.reshape(dqPad, [B, H, T, D]) : tf.slice(dqPad, [0, 0, 0, 0], [B, H, T, D]);

@@ -17,6 +17,7 @@
 import * as fs from 'node:fs';
 import * as inspector from 'node:inspector';
 import * as tf from '@tensorflow/tfjs-core';
+import { drain } from './drain';
 import '../src/backend/gradients';
 import { getGpuAdapterInfo, getGpuDevice, initDevice } from '../src/backend/device';
 import { matmulF16Path } from '../src/backend/kernels/matmul-f16';
@@ -138,11 +139,6 @@ async function checkConfigs(wgMax: number): Promise<SgAttentionConfig[]> {
 // ---------------------------------------------------------------------------------------------------
 // Timing
 
-async function drain(t: tf.Tensor): Promise<void> {
-  const one = tf.slice(tf.reshape(t, [-1]), [0], [1]);
-  await one.data();
-  one.dispose();
-}
 
 const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[xs.length >> 1];
 

@@ -28,6 +28,7 @@
 
 import * as fs from 'node:fs';
 import * as tf from '@tensorflow/tfjs-core';
+import { drain as sync } from './drain';
 import '../src/backend/gradients';
 import { currentDevice, describeDevice, initDevice, shutdownDevice } from '../src/backend/device';
 import {
@@ -69,11 +70,6 @@ interface Line {
 type Outputs = tf.Tensor | tf.Tensor[];
 const list = (o: Outputs) => (Array.isArray(o) ? o : [o]);
 
-async function sync(t: tf.Tensor): Promise<void> {
-  const one = tf.slice(tf.reshape(t, [-1]), [0], [1]);
-  await one.data();
-  one.dispose();
-}
 
 /** Submits what tfjs has recorded: tensors disposed since go back to its buffer pool (no CPU–GPU sync). */
 function flush(): void {

@@ -4,14 +4,20 @@
 #
 #   here:  ../shared/gpu/pack.sh bench/train-step.ts bench/attention.ts bench/cross-entropy.ts \
 #            bench/profile-step.ts bench/mixed-curve.ts tests/flash-attention.test.ts \
-#            tests/cross-entropy.test.ts tests/mixed-precision.test.ts
+#            tests/cross-entropy.test.ts tests/mixed-precision.test.ts tests/matmul-f16.test.ts \
+#            tests/lora-linear.test.ts
+#          (then `xz -T2 -6 .gpu/*.mjs` and drop what the call does not need: the carry limit is 64 MiB)
 #   box:   bash bench/gpu-call.sh [.gpu] [parts]      (carry [".gpu"]; parts: comma list, default all)
-#   here:  npx tsx bench/report.ts --name <device>-issues-7-8 <files_at>/ours.jsonl <files_at>/ref.jsonl
+#   here:  tar xzf <files_at>/results.tgz -C DIR, then (bench/README.md):
+#          npx tsx bench/report.ts --name <device>-issues-7-8 DIR/ours.jsonl DIR/ref.jsonl
+#          npx tsx bench/cross-entropy.ts --merge DIR/ce-ours.json DIR/ce-ref.json --out bench/results/<date>-cross-entropy.json
+#          python3 bench/attention_results.py DIR/attention.jsonl DIR/attention-ref.jsonl bench/results/<date>-attention.json nsg4_bt32_dq16_kv4x16
+#          npx tsx bench/mixed-curve.ts --plot DIR/mixed-curve.json
 #
-# parts (run in the order given): tests, ce, attention, steps, curve, profile.
+# parts (run in the order given): steps, curve, ce, attention, tests, profile (default: all but profile).
 set -u
 GPU=${1:-.gpu}
-PARTS=,${2:-tests,ce,attention,steps,curve,profile},
+PARTS=,${2:-steps,curve,ce,attention,tests},
 FINAL=${OUT:-/tmp/out}
 # everything is written under $OUT (a work folder) and packed into $FINAL/results.tgz at the end: the
 # GPU box hands back only a few files
@@ -24,7 +30,7 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader > 
 stamp() { echo "[$(date +%T)] $*"; }
 
 part_tests() {
-  for t in flash-attention cross-entropy mixed-precision; do
+  for t in flash-attention cross-entropy mixed-precision matmul-f16 lora-linear; do
     [[ -f $GPU/$t.test.mjs ]] || continue
     stamp "test $t"
     CI=1 timeout 150 node --test "$GPU/$t.test.mjs" > "$OUT/test-$t.log" 2>&1
@@ -38,8 +44,8 @@ part_ce() {
 }
 part_attention() {
   stamp "attention"
-  timeout 120 node "$GPU/attention.mjs" --budget-s 100 --out "$OUT/attention.jsonl" > "$OUT/attention.log" 2>&1
-  timeout 60 python3 bench/attention_ref.py --out "$OUT/attention-ref.jsonl" > "$OUT/attention-ref.log" 2>&1
+  timeout 120 node "$GPU/attention.mjs" --budget-s 90 --out "$OUT/attention.jsonl" > "$OUT/attention.log" 2>&1
+  timeout 60 python3 bench/attention_ref.py "$OUT/attention-ref.jsonl" > "$OUT/attention-ref.log" 2>&1
 }
 CASES_OURS=${CASES_OURS:-qwen3-0.6b:full:2048:fp32,qwen3-0.6b:full:2048:f16,qwen2.5-3b:lora:2048:f16:ckpt,qwen3-4b:full:2048:f16:ckpt}
 CASES_REF=${CASES_REF:-qwen3-0.6b:full:2048:fp32,qwen3-0.6b:full:2048:bf16,qwen2.5-3b:lora:2048:bf16:ckpt,qwen3-4b:full:2048:bf16:ckpt}
@@ -47,6 +53,9 @@ part_steps() {
   stamp "train steps"
   timeout 260 node "$GPU/train-step.mjs" --no-attention --no-decode --steps 2 --budget-s 240 --cases "$CASES_OURS" --out "$OUT/ours.jsonl" > "$OUT/ours.log" 2>&1
   timeout 130 python3 bench/reference.py --no-attention --steps 2 --budget-s 120 --cases "$CASES_REF" --out "$OUT/ref.jsonl" > "$OUT/ref.log" 2>&1
+  # Qwen3-4B full fine-tuning within an 80 GB H100's memory: the memory guard capped at its 79.6 GiB
+  # (81,559 MiB); a buffer past it fails with DeviceMemoryError instead of using the H200's rest
+  TSFT_GPU_MEMORY=79.6 timeout 90 node "$GPU/train-step.mjs" --no-attention --no-decode --steps 2 --cases qwen3-4b:full:2048:f16:ckpt --out "$OUT/ours-4b-80g.jsonl" > "$OUT/ours-4b-80g.log" 2>&1
 }
 part_curve() {
   stamp "mixed curve"
@@ -56,7 +65,8 @@ part_profile() {
   stamp "profile"
   timeout 120 node "$GPU/profile-step.mjs" ${PROFILE_ARGS:---model qwen2.5-3b --layers 4 --seq 2048 --dtype float16 --lora --ckpt --no-matmul} --out "$OUT/profile.json" > "$OUT/profile.log" 2>&1
 }
-for p in ${PARTS//,/ }; do "part_$p"; done
+# packed after every part, so a call cut off by its time limit still brings back what it measured
+for p in ${PARTS//,/ }; do "part_$p"; tar czf "$FINAL/results.tgz" -C "$OUT" .; done
 stamp done
 for f in "$OUT"/*.log; do echo "== $f"; tail -n 3 "$f" | cut -c1-400; done
 tar czf "$FINAL/results.tgz" -C "$OUT" .

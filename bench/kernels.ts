@@ -16,6 +16,7 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import * as tf from '@tensorflow/tfjs-core';
+import { drain as sync } from './drain';
 import '../src/backend/gradients';
 import { describeDevice, getGpuDevice, initDevice, shutdownDevice } from '../src/backend/device';
 import { adamwStepFused, adamwStepStock, globalGradNorm, globalGradNormStock, type AdamWHyper, type AdamWSlot } from '../src/backend/kernels/adamw';
@@ -94,12 +95,6 @@ function asList(o: Outputs): tf.Tensor[] {
   return o === undefined ? [] : Array.isArray(o) ? o : [o];
 }
 
-/** Waits for the GPU: reads one element of `t`. */
-async function sync(t: tf.Tensor): Promise<void> {
-  const one = tf.slice(tf.reshape(t, [-1]), [0], [1]);
-  await one.data();
-  one.dispose();
-}
 
 /**
  * Mean ms per run of `run` (after `warm` was awaited by the caller): `reps` runs back to back, then one

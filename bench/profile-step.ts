@@ -17,6 +17,7 @@
 
 import * as fs from 'node:fs';
 import * as tf from '@tensorflow/tfjs-core';
+import { drain } from './drain';
 import '../src/backend/gradients';
 import { describeDevice, initDevice, shutdownDevice } from '../src/backend/device';
 import { matMulTiled } from '../src/backend/kernels/program';
@@ -64,11 +65,6 @@ function emit(r: Record<string, unknown>): void {
   if (OUT) fs.writeFileSync(OUT, JSON.stringify(results, null, 1));
 }
 
-async function drain(t: tf.Tensor): Promise<void> {
-  const one = tf.slice(tf.reshape(t, [-1]), [0], [1]);
-  await one.data();
-  one.dispose();
-}
 
 /** Mean ms of `run` issued `reps` times back to back, one wait at the end; and the mean CPU ms to issue one. */
 let lastIssueMs = 0;

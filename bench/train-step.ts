@@ -28,10 +28,12 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import * as tf from '@tensorflow/tfjs-core';
+import { drain } from './drain';
 import '../src/backend/gradients';
 import { describeDevice, initDevice, shutdownDevice } from '../src/backend/device';
 import { flashAttention } from '../src/backend/kernels/flash-attention';
 import { deviceMemory, resetPeakMemory, toGiB } from '../src/backend/memory';
+import { releasePooledGpuBuffers } from '../src/backend/memory-guard';
 import { resolveConfig, type QwenConfigJson } from '../src/model/config';
 import { poolWeights } from './weights';
 import { generate } from '../src/model/generate';
@@ -153,25 +155,13 @@ async function checked<T>(f: () => Promise<T>): Promise<T> {
   return result as T;
 }
 
-/** Waits for all queued GPU work: reads one element of `t` (the queue runs in order). */
-async function drain(t: tf.Tensor): Promise<void> {
-  const one = tf.slice(tf.reshape(t, [-1]), [0], [1]);
-  await one.data();
-  one.dispose();
-}
 
-/** Frees tfjs's pool of free GPU buffers, so that each case's peak is its own. */
+/**
+ * Gives tfjs's pool of free GPU buffers back to the driver, after submitting what tfjs has recorded (so
+ * tensors freed since join the pool first): each case starts from what it holds itself, as a fresh process.
+ */
 function releasePool(): void {
-  if (!gpu) return;
-  const pool = (tf.backend() as unknown as { bufferManager: { freeBuffers: Map<string, GPUBuffer[]>; numFreeBuffers: number; numBytesAllocated: number } }).bufferManager;
-  for (const buffers of pool.freeBuffers.values()) {
-    for (const b of buffers) {
-      pool.numBytesAllocated -= b.size;
-      b.destroy();
-    }
-    buffers.length = 0; // keep the keys: an empty map means "disposed" to tfjs's releaseBuffer
-  }
-  pool.numFreeBuffers = 0;
+  if (gpu) releasePooledGpuBuffers();
 }
 
 /**
@@ -317,6 +307,8 @@ async function caseBench(c: Case): Promise<void> {
   try {
     if (overBudget()) throw new Error('skipped: time budget');
     releasePool();
+    // what earlier cases left alive (should be nothing: a leak would count in this case's peak)
+    const before = { tensors: tf.memory().numTensors, gib: toGiB(tf.memory().numBytes) };
     const t0 = performance.now();
     model = createModel(config, poolWeights(config));
     const paramsM = round([...model.namedParameters().values()].reduce((a, v) => a + v.size, 0) / 1e6);
@@ -339,6 +331,7 @@ async function caseBench(c: Case): Promise<void> {
     emit({
       ...base, params_m: paramsM, trainable_m: trainableM, ms_per_step: round(t.ms), tokens_per_s: round((c.seq / t.ms) * 1000),
       steps: t.steps, warmup_ms: round(t.warmupMs), peak_gib: toGiB(deviceMemory().peakBytes), f16_copies_gib: toGiB(halfCopyBytes()), loss: round(loss),
+      left_before: before,
     });
   } catch (e) {
     emit({ ...base, error: errorText(e) });

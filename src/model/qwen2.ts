@@ -507,7 +507,9 @@ export class Qwen2ForCausalLM {
       v.dispose();
     }
     for (const h of this.halfParams.values()) h.dispose();
+    for (const a of this.adapters.values()) for (const v of a.variables()) if (!v.isDisposed) v.dispose();
     this.params.clear();
     this.halfParams.clear();
+    this.adapters.clear();
   }
 }

@@ -138,5 +138,11 @@ describe('memory', () => {
     unloadAdapters(model!);
     model!.dispose();
     assert.equal(tf.memory().numBytes, before);
+    // disposing a model with its adapters still attached frees them too
+    const { model: m2 } = await getModelTokenizer(path.join('tests', 'fixtures', 'models', 'qwen3'), { loadTokenizer: false, device: 'cpu' });
+    prepareLora(m2!, { r: 4, lora_alpha: 8, target_modules: 'all-linear' });
+    m2!.dispose();
+    assert.equal(tf.memory().numBytes, before, 'adapters attached at dispose are freed with the model');
+    assert.equal(m2!.adapters.size, 0);
   });
 });

@@ -11,7 +11,7 @@ import { after, describe, test } from 'node:test';
 import * as tf from '@tensorflow/tfjs-core';
 import { initDevice, shutdownDevice } from '../src/backend/device';
 import {
-  SG_TILE_128, SG_TILE_64, SgMatmulProgram, f16BitsToF32, pickSplitK, f32ToF16Bits, fromHalfAsync, matMulF16, matmulF16Path, parseSgTile, toHalf,
+  SG_TILE_128, SG_TILE_64, SgMatmulProgram, f16BitsToF32, gatherHalfRows, pickSplitK, f32ToF16Bits, fromHalfAsync, matMulF16, matmulF16Path, parseSgTile, toHalf,
 } from '../src/backend/kernels/matmul-f16';
 import { assertClose, lcgValues as values, startOrSkip } from './helpers';
 
@@ -137,6 +137,15 @@ describe('matMulF16', () => {
       assert.throws(() => matMulF16(A, B, ta, tb, { splitK: 3 }), /splitK 3 must divide K = 512/);
       tf.dispose([A, B]);
     }
+    // an embedding lookup in a table held in f16: exactly the halves of the rows, NaN rows for ids outside
+    const tv = values(37 * 6, 300), table = toHalf(tf.tensor(tv, [37, 6]));
+    const rows = gatherHalfRows(table, [0, 36, 5, 5, 40]);
+    const got = await rows.data();
+    const want = [0, 36, 5, 5].flatMap((r) => Array.from(tv.slice(r * 6, r * 6 + 6), r16));
+    assertClose(got.slice(0, 24), want, 'gatherHalfRows', 0);
+    assert.ok(Array.from(got.slice(24)).every(Number.isNaN), 'an id past the table gives a NaN row');
+    tf.dispose([rows]);
+    table.dispose();
     assert.equal(pickSplitK(384, 2048, 151936), 4, 'the LM head dH of a 2048-hidden model');
     assert.equal(pickSplitK(2048, 2048, 2048), 1, 'a full output needs no split');
   });

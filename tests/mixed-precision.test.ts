@@ -119,9 +119,10 @@ describe('f16 mixed precision on webgpu', () => {
     model.dispose();
   });
 
-  test('LoRA: the frozen base held in f16 only — half its bytes, same loss, adapters still train, clear errors', async (t) => {
+  for (const vocab of [97, 98]) test(`LoRA: the frozen base held in f16 only (vocab ${vocab}: the embedding ${vocab % 2 ? 'stays f32' : 'too'}) — half its bytes, same loss, adapters still train, clear errors`, async (t) => {
     if (skip) return t.skip(skip);
-    const model = new Qwen3ForCausalLM(resolveConfig(modelConfig()), 'random', new Random(6));
+    const model = new Qwen3ForCausalLM(resolveConfig({ ...modelConfig(), vocab_size: vocab }), 'random', new Random(6));
+    const evenVocab = vocab % 2 === 0;
     prepareLora(model, { r: 4, lora_alpha: 8, lora_dropout: 0, target_modules: 'all-linear' }, new Random(7));
     setComputeDtype('float16');
     try {
@@ -134,14 +135,22 @@ describe('f16 mixed precision on webgpu', () => {
       };
       const before = await loss();
       const bytesBefore = tf.memory().numBytes;
-      const projBytes = [...model.namedParameters()].filter(([n]) => /_proj\.weight$/.test(n)).reduce((a, [, v]) => a + v.size * 4, 0);
+      const frozen = evenVocab ? /(_proj\.weight|^model\.embed_tokens\.weight|^lm_head\.weight)$/ : /_proj\.weight$/;
+      const projBytes = [...model.namedParameters()].filter(([n]) => frozen.test(n)).reduce((a, [, v]) => a + v.size * 4, 0);
       const moved = model.holdFrozenInHalf();
       assert.equal(moved * 4, projBytes);
-      // the f32 projections and their cached f16 copies are gone; the f16-only copies hold half the f32 bytes
-      assert.ok(tf.memory().numBytes <= bytesBefore - projBytes / 2 + 64 * 14, `bytes ${bytesBefore} → ${tf.memory().numBytes} (projections ${projBytes})`);
-      assert.ok(![...model.namedParameters().keys()].some((n) => /_proj\.weight$/.test(n)));
-      assert.equal(model.halfParameterNames().length, 14);
-      assert.equal(await loss(), before, 'the same f16 values as the cached copies');
+      // the f32 projections, embedding and their cached f16 copies are gone; the f16-only copies hold half the f32 bytes
+      assert.ok(tf.memory().numBytes <= bytesBefore - projBytes / 2 + 64 * 15, `bytes ${bytesBefore} → ${tf.memory().numBytes} (frozen weights ${projBytes})`);
+      assert.ok(![...model.namedParameters().keys()].some((n) => frozen.test(n)));
+      assert.equal(model.halfParameterNames().length, evenVocab ? 15 : 14, 'the 14 projections (and the tied embedding with an even vocabulary)');
+      // the projections and the LM head used the same f16 values before (cached copies); the embedding's rows
+      // are now rounded to f16 too, which moves the loss a little
+      const after = await loss();
+      assert.ok(Math.abs(after - before) < 1e-3 * Math.abs(before), `loss ${before} → ${after} with the embedding in f16`);
+      // the logits (generation) read the f16 LM head as well
+      const { logits } = model.forward(ids, { attentionMask: mask });
+      assert.ok((await logits.data()).every(Number.isFinite));
+      logits.dispose();
       const params = loraParameters(model);
       const opt = new AdamW(params, { beta1: 0.9, beta2: 0.999, eps: 1e-8, weightDecay: 0 });
       const losses: number[] = [];

@@ -13,7 +13,7 @@
 import * as tf from '@tensorflow/tfjs-core';
 import { cpuCrossEntropy } from './cpu/index';
 import { crossEntropyFromHidden, crossEntropyFromHiddenF16, crossEntropyStock } from './kernels/cross-entropy';
-import type { HalfTensor } from './kernels/matmul-f16';
+import { HalfTensor } from './kernels/matmul-f16';
 import { computeDtype } from './precision';
 import { ConfigError } from '../errors';
 
@@ -91,19 +91,27 @@ export interface LmHeadLossOptions {
  * computeDtype 'float16' the three matmuls run on f16 tensor cores (f32 accumulation, f32 gradients).
  *
  * @param hidden [N, H] float32: hidden states of the labelled positions
- * @param weight [V, H] float32: the LM head (or the tied embedding)
+ * @param weight [V, H] float32: the LM head (or the tied embedding); or a HalfTensor of it held in f16 only
+ *   (frozen: webgpu with computeDtype 'float16', no dW)
  * @param targets N token ids in [0, V)
  * @example
  *   const { loss, correct } = lmHeadCrossEntropy(h, lmHead, [785, 220], 'mean');
  */
 export function lmHeadCrossEntropy(
   hidden: tf.Tensor2D,
-  weight: tf.Tensor2D,
+  weight: tf.Tensor2D | HalfTensor,
   targets: readonly number[],
   reduction: 'mean' | 'sum' = 'mean',
   opts: LmHeadLossOptions = {},
 ): LmHeadLoss {
   const sum = reduction === 'sum';
+  if (weight instanceof HalfTensor) {
+    // a frozen LM head held in f16 only (LoRA under mixed precision): the f16 kernels, no dW
+    if (kernelPath() !== 'webgpu' || computeDtype() !== 'float16') throw new Error('lmHeadCrossEntropy: an f16-held LM head needs webgpu with computeDtype float16');
+    const t = tf.tensor1d([...targets], 'int32');
+    const { loss, correct } = crossEntropyFromHiddenF16(hidden, weight, t, { reduction, weightGrad: false });
+    return { loss: loss as tf.Scalar, correct };
+  }
   switch (kernelPath()) {
     case 'cpu': {
       const { loss, correct } = cpuCrossEntropy(hidden, weight, targets, { reduction });

@@ -635,9 +635,10 @@ export function estimateTrainingBytes(o: TrainingMemoryOptions): TrainingMemoryE
   const half = o.computeDtype === 'float16';
   const lora = o.trainType === 'lora';
   const trainable = lora ? o.loraParams! : params;
-  // weights: f32 masters; mixed precision adds transient f16 copies of a layer's projections, or (LoRA) holds them in f16 only
+  // weights: f32 masters; mixed precision adds transient f16 copies of a layer's projections, or (LoRA) holds them
+  // and the embedding / LM head in f16 only
   const weights = lora
-    ? (half ? (params - projParams) * 4 + projParams * 2 : params * 4) + trainable * 4
+    ? (half ? (params - projParams - embed) * 4 + (projParams + embed) * 2 : params * 4) + trainable * 4
     : params * 4 + (half ? (projParams / c.numLayers) * 2 * 2 : 0);   // trainable weights' f16 copies live per matmul (linear.ts)
   // full training with tied embeddings: the gather's and the LM head's [V, H] gradients coexist until summed
   const grads = trainable * 4 + (!lora && c.tieWordEmbeddings ? embed * 4 : 0);

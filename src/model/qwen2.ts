@@ -22,7 +22,7 @@ import { rmsNormFused } from '../backend/kernels/rms-norm';
 import { applyRopeFused } from '../backend/kernels/rope';
 import { siluGateFused } from '../backend/kernels/swiglu';
 import { dropHalfCopy, halfOf, linearMatmul } from '../backend/kernels/linear';
-import { toHalf, type HalfTensor } from '../backend/kernels/matmul-f16';
+import { gatherHalfRows, HalfTensor, matMulF16, toHalf } from '../backend/kernels/matmul-f16';
 import { computeDtype } from '../backend/precision';
 
 /** Batch of token ids, one array per row, all rows the same length. */
@@ -276,8 +276,9 @@ export class Qwen2ForCausalLM {
   }
 
   /**
-   * Holds every frozen projection weight (`*_proj.weight` with trainable false: LoRA's base) in f16 only,
-   * freeing its float32 copy: half the memory, and the f16 matmuls read it directly. Needs webgpu with
+   * Holds every frozen projection weight (`*_proj.weight` with trainable false: LoRA's base) and a frozen
+   * embedding / LM head (even vocabularies: Qwen's) in f16 only, freeing the float32 copies: half the memory, and the f16 kernels read
+   * them directly (matmuls, the LM-head loss; the embedding lookup unpacks its rows). Needs webgpu with
    * computeDtype 'float16' (mixed precision); the values are rounded to f16 (as bf16 checkpoints lose
    * nothing in range for Qwen's weights, at 3 more mantissa bits). Such weights leave namedParameters();
    * reload the model to merge or save them. Returns the number of parameters moved.
@@ -287,9 +288,11 @@ export class Qwen2ForCausalLM {
     if (!decoderUsesFusedKernels() || computeDtype() !== 'float16') {
       throw new Error('holdFrozenInHalf: frozen weights are held in f16 only on webgpu with computeDtype float16 (mixed precision)');
     }
+    // the embedding / LM head too when the f16 LM-head loss can read it (an even vocabulary: packed pairs)
+    const held = this.config.vocabSize % 2 === 0 ? /(_proj\.weight|^model\.embed_tokens\.weight|^lm_head\.weight)$/ : /_proj\.weight$/;
     let moved = 0;
     for (const [name, v] of [...this.params]) {
-      if (v.trainable || !/_proj\.weight$/.test(name)) continue;
+      if (v.trainable || !held.test(name)) continue;
       this.halfParams.set(name, toHalf(v));
       dropHalfCopy(v);
       v.dispose();
@@ -304,9 +307,10 @@ export class Qwen2ForCausalLM {
     return [...this.halfParams.keys()];
   }
 
-  /** The LM head matrix [V, H]: lm_head.weight, or embed_tokens.weight when tied. */
-  protected lmHead(): tf.Tensor2D {
-    return (this.params.get('lm_head.weight') ?? this.w('model.embed_tokens.weight')) as tf.Tensor2D;
+  /** The LM head matrix [V, H]: lm_head.weight, or embed_tokens.weight when tied; in f16 when held so. */
+  protected lmHead(): tf.Tensor2D | HalfTensor {
+    const name = this.params.has('lm_head.weight') || this.halfParams.has('lm_head.weight') ? 'lm_head.weight' : 'model.embed_tokens.weight';
+    return this.halfParams.get(name) ?? this.w(name) as tf.Tensor2D;
   }
 
   /**
@@ -444,7 +448,8 @@ export class Qwen2ForCausalLM {
       masking = { bias: attentionBias(B, T, past, opts.attentionMask), past };          // [B, 1, T, S]
     }
     const ids = tf.tensor1d(inputIds.flat(), 'int32');
-    let x = tf.gather(this.w('model.embed_tokens.weight'), ids) as tf.Tensor2D;         // [B·T, H]
+    const embHalf = this.halfParams.get('model.embed_tokens.weight');                    // frozen, held in f16
+    let x = (embHalf ? gatherHalfRows(embHalf, inputIds.flat()) : tf.gather(this.w('model.embed_tokens.weight'), ids)) as tf.Tensor2D; // [B·T, H]
     for (let l = 0; l < this.config.numLayers; l++) x = this.runBlock(x, l, B, T, rope, masking, opts.cache);
     if (opts.cache) opts.cache.length = past + T;
     return this.norm(x, this.w('model.norm.weight')) as tf.Tensor2D;
@@ -460,7 +465,9 @@ export class Qwen2ForCausalLM {
     const logits = tf.tidy(() => {
       let h = this.hiddenStates(inputIds, opts);                                         // [B·T, H]
       if (opts.lastOnly) h = tf.gather(h, inputIds.map((_, b) => b * T + T - 1));      // [B, H]
-      return tf.reshape(tf.matMul(h, this.lmHead(), false, true), [B, opts.lastOnly ? 1 : T, V]) as tf.Tensor3D;
+      const W = this.lmHead();
+      const logits2d = W instanceof HalfTensor ? matMulF16(h, W, false, true) : tf.matMul(h, W, false, true);
+      return tf.reshape(logits2d, [B, opts.lastOnly ? 1 : T, V]) as tf.Tensor3D;
     });
     return { logits };
   }
@@ -495,7 +502,8 @@ export class Qwen2ForCausalLM {
     // the backend's fused kernel (src/backend/fused.ts): wasm-SIMD on wasm/cpu, WGSL on webgpu, else tfjs ops
     // mixed precision: the head's f16 copy (cached while frozen, as under LoRA) and no dW for a frozen head
     const W = this.lmHead(), trainable = (W as tf.Variable).trainable === true;
-    const half = computeDtype() === 'float16' && decoderUsesFusedKernels() && !trainable ? halfOf(W) : undefined;
+    const half = W instanceof HalfTensor ? undefined
+      : computeDtype() === 'float16' && decoderUsesFusedKernels() && !trainable ? halfOf(W) : undefined;
     const { loss, correct } = lmHeadCrossEntropy(tf.gather(h, rows), W, targets, opts.reduction ?? 'mean', { weightHalf: half, weightGrad: trainable }); // h rows: [N, H]
     return { loss, tokenAcc: tf.div(correct, N) as tf.Scalar, numTokens: N };
   }

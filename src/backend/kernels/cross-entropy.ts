@@ -847,18 +847,29 @@ export function planF16(N: number, V: number, memoryBytes = 2 ** 30, weightGrad 
  */
 export function crossEntropyFromHiddenF16(
   hidden: tf.Tensor2D,
-  weight: tf.Tensor2D,
+  weight: tf.Tensor2D | HalfTensor,
   targets: tf.Tensor1D,
   opts: CrossEntropyF16Options = {},
 ): CrossEntropyOutput {
-  checkShapes(hidden, weight, targets);
-  const [N, H] = hidden.shape, V = weight.shape[0];
-  if (!onWebGpu() || V % 2 !== 0) return crossEntropyFromHidden(hidden, weight, targets, { reduction: opts.reduction });
-  assertFloat32('crossEntropyFromHiddenF16', hidden, weight);
+  // a HalfTensor weight: an LM head held in f16 only (a frozen base under LoRA): no dW, f16 path only
+  const held = weight instanceof HalfTensor ? weight : undefined;
+  const wShape = weight.shape;
+  if (held && (wShape.length !== 2 || hidden.rank !== 2 || targets.rank !== 1 || hidden.shape[1] !== wShape[1] || hidden.shape[0] !== targets.shape[0])) {
+    throw new RangeError(`crossEntropyFromHiddenF16: shapes disagree: hidden ${hidden.shape}, weight ${wShape} (f16), targets ${targets.shape}`);
+  }
+  if (!held) checkShapes(hidden, weight as tf.Tensor2D, targets);
+  const [N, H] = hidden.shape, V = wShape[0];
+  if (!onWebGpu() || V % 2 !== 0) {
+    if (held) throw new RangeError(`crossEntropyFromHiddenF16: an f16-held LM head needs webgpu and an even vocabulary (V = ${V})`);
+    return crossEntropyFromHidden(hidden, weight as tf.Tensor2D, targets, { reduction: opts.reduction });
+  }
+  assertFloat32('crossEntropyFromHiddenF16', hidden, ...(held ? [] : [weight as tf.Tensor2D]));
   if (opts.weightHalf && (opts.weightHalf.shape[0] !== V || opts.weightHalf.shape[1] !== H)) {
-    throw new RangeError(`crossEntropyFromHiddenF16: weightHalf is [${opts.weightHalf.shape}], the weight [${weight.shape}]`);
+    throw new RangeError(`crossEntropyFromHiddenF16: weightHalf is [${opts.weightHalf.shape}], the weight [${wShape}]`);
   }
   if (N === 0 || H === 0) throw new RangeError(`crossEntropyFromHiddenF16: empty input (hidden ${hidden.shape})`);
+  if (held && opts.weightGrad === true) throw new RangeError('crossEntropyFromHiddenF16: an f16-held LM head is frozen (weightGrad must be false)');
+  if (held) opts = { ...opts, weightHalf: held, weightGrad: false };
   const weightGrad = opts.weightGrad ?? true;
   const mean = (opts.reduction ?? 'mean') === 'mean';
   const grads = opts.grads ?? tf.engine().isTapeOn();
@@ -867,7 +878,7 @@ export function crossEntropyFromHiddenF16(
   // value [2] = (loss, correct); saved: dH, dW (raw: G·2^15 based), the labelled-row count
   const f = tf.customGrad(((...args: (tf.Tensor | tf.GradSaveFunc)[]) => {
     const h = args[0] as tf.Tensor2D, save = args[args.length - 1] as tf.GradSaveFunc;
-    const w16 = opts.weightHalf ?? toHalf(weight);
+    const w16 = opts.weightHalf ?? toHalf(weight as tf.Tensor2D);
     try {
       const { stats, dH, dW } = lmHeadF16(h, w16, targets, plan, grads, weightGrad && grads, opts.dhTile);
       const count = tf.sum(tf.slice(stats, [3, 0], [1, N]));
@@ -889,7 +900,7 @@ export function crossEntropyFromHiddenF16(
       if (w16 !== opts.weightHalf) w16.dispose();
     }
   }) as unknown as Parameters<typeof tf.customGrad>[0]);
-  const value = weightGrad ? f(hidden, weight) : f(hidden);
+  const value = weightGrad ? f(hidden, weight as tf.Tensor2D) : f(hidden);
   const out = tf.tidy(() => ({
     loss: tf.reshape(tf.slice(value, [0], [1]), []),
     correct: tf.reshape(tf.slice(value, [1], [1]), []) as tf.Scalar,

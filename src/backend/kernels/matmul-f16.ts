@@ -589,6 +589,57 @@ export function toHalf(t: tf.Tensor): HalfTensor {
   return new HalfTensor(tf.tensor1d(w, 'int32'), t.shape.slice());
 }
 
+/** Rows `Ids` of a [rows, H] HalfTensor as float32 [n, H]: an embedding lookup in a table held in f16. */
+class GatherHalfRowsProgram extends ElementwiseProgram {
+  override uniforms = 'H : i32, rows : i32,';
+
+  constructor(n: number, H: number) {
+    super(['Table', 'Ids'], [n, H], 'tsft_gather_half_rows');
+  }
+
+  getUserCode(): string {
+    return `
+    fn main(index : i32) {
+      if (index >= uniforms.size) { return; }
+      let r = Ids[index / uniforms.H];
+      if (r < 0 || r >= uniforms.rows) { result[index] = uniforms.NAN; return; }
+      let e = r * uniforms.H + index % uniforms.H;
+      let w = bitcast<u32>(Table[e / 2]);
+      result[index] = unpack2x16float(w)[e % 2];
+    }`;
+  }
+}
+
+/**
+ * Rows `ids` of a 2-D HalfTensor as float32 [ids.length, H] (exactly the halves): the embedding lookup of a
+ * frozen table held in f16. No gradient. Ids outside the table give NaN rows (tf.gather would throw on
+ * the CPU; the GPU cannot). On webgpu one kernel; elsewhere through the CPU.
+ *
+ * @example
+ * const x = gatherHalfRows(embedHalf, [151643, 872, 198]);   // [3, H]
+ */
+export function gatherHalfRows(table: HalfTensor, ids: readonly number[]): tf.Tensor2D {
+  if (table.shape.length !== 2) throw new RangeError(`gatherHalfRows: expected a 2-D table, got [${table.shape}]`);
+  const [rows, H] = table.shape;
+  if (onWebGpu()) {
+    const idx = tf.tensor1d(Int32Array.from(ids), 'int32');
+    const out = runProgram(new GatherHalfRowsProgram(ids.length, H), [table.packed, idx], [
+      { type: 'int32', data: [H] }, { type: 'int32', data: [rows] },
+    ]) as tf.Tensor2D;
+    idx.dispose();
+    return out;
+  }
+  const w = new Uint32Array(Int32Array.from(table.packed.dataSync()).buffer);
+  const out = new Float32Array(ids.length * H);
+  ids.forEach((r, i) => {
+    for (let j = 0; j < H; j++) {
+      const e = r * H + j;
+      out[i * H + j] = r >= 0 && r < rows ? f16BitsToF32((w[e >> 1] >>> (16 * (e & 1))) & 0xffff) : NaN;
+    }
+  });
+  return tf.tensor2d(out, [ids.length, H]);
+}
+
 /** A HalfTensor's values as float32 (exactly the halves); reads back through the CPU. */
 export async function fromHalfAsync(h: HalfTensor): Promise<tf.Tensor> {
   const w = new Uint32Array((await h.packed.data()).buffer.slice(0));

@@ -208,7 +208,7 @@ export class Seq2SeqTrainer {
       '(f16 matmuls and attention with f32 accumulation; f32 master weights, gradients and AdamW state; dynamic loss scaling from 2^16); checkpoints are saved in float32');
     if (model.adapters.size > 0 && model.halfParameterNames().length === 0) {
       const moved = model.holdFrozenInHalf();
-      if (moved) logger.info(`LoRA: the frozen base's ${moved.toLocaleString('en-US')} projection parameters are held in f16 (half the memory)`);
+      if (moved) logger.info(`LoRA: the frozen base's ${moved.toLocaleString('en-US')} parameters (projections, and the embedding / LM head with an even vocabulary) are held in f16 (half the memory)`);
     }
     return new GradScaler();
   }

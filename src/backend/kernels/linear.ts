@@ -106,8 +106,14 @@ export function linearMatmul(x: tf.Tensor2D, weight: Weight): tf.Tensor2D {
       return {
         value: withW((wo) => mm(path, xi, wo, false, true)),
         gradFunc: (dy: tf.Tensor, saved: tf.Tensor[]) => {
-          const d = dy as tf.Tensor2D, xs = saved[0] as tf.Tensor2D;
-          return [withW((wo) => mm(path, d, wo, false, false)), mm(path, d, xs, true, false)];   // dx [N, in], dW [out, in]
+          const xs = saved[0] as tf.Tensor2D;
+          // f16: dy converted once for both matmuls
+          const d = path === 'f16' ? toHalf(dy) : dy as tf.Tensor2D;
+          try {
+            return [withW((wo) => mm(path, d, wo, false, false)), mm(path, d, xs, true, false)];   // dx [N, in], dW [out, in]
+          } finally {
+            if (d !== dy) (d as HalfTensor).dispose();
+          }
         },
       };
     });

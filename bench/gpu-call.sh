@@ -2,12 +2,9 @@
 # Issues 7 and 8 in one GPU-box call: kernel tests on the card, then every bench beside its PyTorch
 # reference, each under its own time limit so one slow part cannot eat the others. Results go to $OUT.
 #
-#   here:  ../shared/gpu/pack.sh bench/train-step.ts bench/attention.ts bench/cross-entropy.ts \
-#            bench/profile-step.ts bench/mixed-curve.ts tests/flash-attention.test.ts \
-#            tests/cross-entropy.test.ts tests/mixed-precision.test.ts tests/matmul-f16.test.ts \
-#            tests/lora-linear.test.ts
-#          (then `xz -T2 -6 .gpu/*.mjs` and drop what the call does not need: the carry limit is 64 MiB)
-#   box:   bash bench/gpu-call.sh [.gpu] [parts]      (carry [".gpu"]; parts: comma list, default all)
+#   here:  bash bench/gpu-call.sh --pack        (pack.sh of every entry, then .gpu-call/ with the bundles
+#                                                xz-compressed: ~33 MB, under the box's 64 MiB carry limit)
+#   box:   bash bench/gpu-call.sh .gpu-call [parts]      (carry [".gpu-call"]; parts: comma list)
 #   here:  tar xzf <files_at>/results.tgz -C DIR, then (bench/README.md):
 #          npx tsx bench/report.ts --name <device>-issues-7-8 DIR/ours.jsonl DIR/ref.jsonl
 #          npx tsx bench/cross-entropy.ts --merge DIR/ce-ours.json DIR/ce-ref.json --out bench/results/<date>-cross-entropy.json
@@ -16,6 +13,20 @@
 #
 # parts (run in the order given): steps, curve, ce, attention, tests, profile (default: all but profile).
 set -u
+if [[ ${1:-} == --pack ]]; then
+  # here: bundle the entries into .gpu (pack.sh), then copy what the call needs into .gpu-call, the bundles
+  # xz-compressed (carry [".gpu-call"]; `bash bench/gpu-call.sh .gpu-call` on the box)
+  entries=(bench/train-step.ts bench/attention.ts bench/cross-entropy.ts bench/mixed-curve.ts bench/profile-step.ts
+    tests/flash-attention.test.ts tests/cross-entropy.test.ts tests/mixed-precision.test.ts tests/matmul-f16.test.ts
+    tests/lora-linear.test.ts)
+  "$(git rev-parse --show-toplevel)/../shared/gpu/pack.sh" "${entries[@]}" >/dev/null || exit 1
+  grep -qx '/.gpu-call/' .git/info/exclude 2>/dev/null || echo '/.gpu-call/' >> .git/info/exclude
+  rm -rf .gpu-call && mkdir .gpu-call
+  cp -r .gpu/node.xz .gpu/dawn.node.xz .gpu/debs .gpu/webgpu-js .gpu/setup.sh .gpu-call/
+  for e in "${entries[@]}"; do n=$(basename "${e%.ts}"); xz -T2 -6 -c ".gpu/$n.mjs" > ".gpu-call/$n.mjs.xz"; done
+  du -sh .gpu-call
+  exit 0
+fi
 GPU=${1:-.gpu}
 PARTS=,${2:-steps,curve,ce,attention,tests},
 FINAL=${OUT:-/tmp/out}

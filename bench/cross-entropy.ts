@@ -29,6 +29,7 @@
 import * as fs from 'node:fs';
 import * as tf from '@tensorflow/tfjs-core';
 import { drain as sync } from './drain';
+import type { Entry } from './report';
 import '../src/backend/gradients';
 import { currentDevice, describeDevice, initDevice, shutdownDevice } from '../src/backend/device';
 import {
@@ -364,17 +365,6 @@ async function fromHidden(N: number, H: number, V: number): Promise<void> {
 // ---------------------------------------------------------------------------------------------------
 // --merge: ours + PyTorch → result entries
 
-interface Entry {
-  name: string;
-  device: string;
-  ours_ms: number | null;
-  reference_ms: number | null;
-  ratio: number | null;
-  ours_tflops?: number;
-  reference: string;
-  date: string;
-  note?: string;
-}
 
 function readLines(file: string): Record<string, unknown>[] {
   const t = fs.readFileSync(file, 'utf8').trim();

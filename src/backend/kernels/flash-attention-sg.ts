@@ -66,16 +66,30 @@ export interface SgAttentionConfig {
   dsStored: boolean;
   /** forward in one pass (online softmax, O rescaled through workgroup memory only when a row's max grows by more than TAU) instead of stats + out */
   fwd1: boolean;
+  /**
+   * heavy-first grid: heads on x, tiles on y in the order of their causal work (the last query tiles,
+   * the first key tiles first), so the longest workgroups start in the first wave instead of the tail
+   */
+  heavyFirst: boolean;
+  /** the score multiplies (S, dP) of a tile interleaved over its column blocks: independent accumulators in flight instead of one chain */
+  interleave: boolean;
+  /** kv: the query rows' stats (max, log-sum, Δ) staged with Q / dO instead of read from global memory per score */
+  rowStats: boolean;
   /** plain-WGSL stand-ins for the subgroup-matrix builtins (lavapipe) */
   emulate: boolean;
 }
 
-// the fastest of those measured (bench/results/2026-11-28-attention.md); ≤ 34 KiB of workgroup memory at head_dim 128
-export const DEFAULT_SG_CONFIG: SgAttentionConfig = { nsg: 4, bt: 32, btDq: 16, btDqs: 64, nsgKv: 4, btKv: 16, kvSplit: false, fwd1: true, prefetch: true, dsStored: true, emulate: false };
+// the fastest of those measured (bench/results/2026-11-28-attention.md); ≤ 46 KiB of workgroup memory at head_dim 128
+// (the kv kernel: 32-query tiles); `nsg4_bt32_dq16_kv4x32_hf_il_rs`
+export const DEFAULT_SG_CONFIG: SgAttentionConfig = { nsg: 4, bt: 32, btDq: 16, btDqs: 64, nsgKv: 4, btKv: 32, kvSplit: false, fwd1: true, prefetch: true, dsStored: true, heavyFirst: true, interleave: true, rowStats: true, emulate: false };
 
-/** Parses `nsg4_bt64_dq32_ds64_kv4x32[_split][_2pass][_nopf][_dqre][_emu]`; missing parts keep the defaults. */
+/**
+ * Parses `nsg4_bt64_dq32_ds64_kv4x32[_split][_2pass][_nopf][_dqre][_hf][_il][_rs][_emu]` (what sgConfigKey
+ * writes): missing tile sizes and switches keep the defaults, except hf, il and rs, which are on only when
+ * named (`nsg4_bt32_dq16_kv4x16` is the kernels before them).
+ */
 export function parseSgConfig(s: string, base: SgAttentionConfig = DEFAULT_SG_CONFIG): SgAttentionConfig {
-  const c = { ...base };
+  const c = { ...base, heavyFirst: false, interleave: false, rowStats: false };
   for (const part of s.split('_').filter(Boolean)) {
     let m: RegExpExecArray | null;
     if ((m = /^nsg(\d+)$/.exec(part))) c.nsg = Number(m[1]);
@@ -87,6 +101,9 @@ export function parseSgConfig(s: string, base: SgAttentionConfig = DEFAULT_SG_CO
     else if (part === '2pass') c.fwd1 = false;
     else if (part === 'nopf') c.prefetch = false;
     else if (part === 'dqre') c.dsStored = false;
+    else if (part === 'hf') c.heavyFirst = true;
+    else if (part === 'il') c.interleave = true;
+    else if (part === 'rs') c.rowStats = true;
     else if (part === 'emu') c.emulate = true;
     else throw new RangeError(`attention config '${s}': unknown part '${part}' (e.g. nsg4_bt64_dq32_kv4x32_split)`);
   }
@@ -94,7 +111,7 @@ export function parseSgConfig(s: string, base: SgAttentionConfig = DEFAULT_SG_CO
 }
 
 export function sgConfigKey(c: SgAttentionConfig): string {
-  return `nsg${c.nsg}_bt${c.bt}_dq${c.btDq}${c.btDqs === 64 ? '' : `_ds${c.btDqs}`}_kv${c.nsgKv}x${c.btKv}${c.kvSplit ? '_split' : ''}${c.fwd1 ? '' : '_2pass'}${c.prefetch ? '' : '_nopf'}${c.dsStored ? '' : '_dqre'}${c.emulate ? '_emu' : ''}`;
+  return `nsg${c.nsg}_bt${c.bt}_dq${c.btDq}${c.btDqs === 64 ? '' : `_ds${c.btDqs}`}_kv${c.nsgKv}x${c.btKv}${c.kvSplit ? '_split' : ''}${c.fwd1 ? '' : '_2pass'}${c.prefetch ? '' : '_nopf'}${c.dsStored ? '' : '_dqre'}${c.heavyFirst ? '_hf' : ''}${c.interleave ? '_il' : ''}${c.rowStats ? '_rs' : ''}${c.emulate ? '_emu' : ''}`;
 }
 
 // ---------------------------------------------------------------------------------------------------
@@ -247,7 +264,7 @@ export class FlashSgProgram implements OwnKernel {
     const bo = 16 * this.nsg;
     if (PAD % bo !== 0 || PAD % this.bt !== 0 || this.bt % 16 !== 0) throw new RangeError(`flash attention (subgroup matrix): tiles ${bo} / ${this.bt} must divide ${PAD} and be multiples of 16`);
     const rows = padTo(keyOwner ? dims.S : dims.T);
-    this.dispatch = [rows / bo, dims.H, dims.B];
+    this.dispatch = cfg.heavyFirst ? [dims.H, rows / bo, dims.B] : [rows / bo, dims.H, dims.B];
     this.shaderKey = `tsft_flash_sg_${kind}_d${headDim}_${sgConfigKey(cfg)}`;
   }
 
@@ -277,7 +294,13 @@ export class FlashSgProgram implements OwnKernel {
     const sc = (k === 'dqs' ? 0 : k === 'stats' || k === 'out' || k === 'fwd' || k === 'dv' ? 1 : 2) * this.nsg * 16 * SS * 4;
     const pc = (k === 'stats' || k === 'dqs' ? 0 : k === 'kv' ? 2 : 1) * this.nsg * 16 * PS * 16;
     const fw = k === 'fwd' ? BO * 4 + (this.cfg.emulate ? this.wg * 4 : 0) + 4 : 0;
-    return tl + sc + pc + fw + 16;
+    const rw = this.rowStats() ? BT * 16 : 0;
+    return tl + sc + pc + fw + rw + 16;
+  }
+
+  /** kv / dk / dv staging the query rows' stats (config rowStats) */
+  private rowStats(): boolean {
+    return this.cfg.rowStats && (this.kind === 'kv' || this.kind === 'dk' || this.kind === 'dv');
   }
 
   getUserCode(): string {
@@ -328,6 +351,7 @@ ${npc ? `var<workgroup> Pc : array<vec4<u32>, ${npc * NSG * 16 * PS}>;` : ''}
 ${k === 'fwd' ? `var<workgroup> Al : array<f32, ${BO}>;   // per-row rescale factor of the tile
 var<workgroup> wgF : u32;              // some row of the workgroup rescales O this tile
 ${this.cfg.emulate ? `var<workgroup> Mx : array<f32, ${this.wg}>;` : ''}` : ''}
+${this.rowStats() ? 'var<workgroup> Rw : array<vec4<f32>, BT>;   // the staged query rows\' (max, log-sum, Δ)' : ''}
 var<workgroup> wgU : u32;`;
     const stage = (src: string, g0: string, n: number | string, w0: string) => `for (var e = lid; e < (${n}) * DV; e += WG) {
         let r = e / DV;
@@ -342,6 +366,40 @@ var<workgroup> wgU : u32;`;
     const fetch = (reg: string, src: string, g0: string) => each(`${reg}[i] = ${src}[(${g0} + e / DV) * DV + e % DV];`);
     const put = (reg: string, w0: string) => each(`Tl[${w0} + (e / DV) * RS + e % DV] = ${reg}[i];`);
     return { decl, stage, fetch, put, np: NP };
+  }
+
+  /**
+   * `h` and the workgroup's first owner row (q0 or k0) from the workgroup id. Heavy-first: heads on x,
+   * tiles on y, query tiles from the last (most keys) and key tiles from the first (most queries).
+   */
+  private tileIds(): string {
+    const keyOwner = this.kind === 'kv' || this.kind === 'dk' || this.kind === 'dv';
+    if (!this.cfg.heavyFirst) return `let h = wid.y;\n  let ${keyOwner ? 'k0' : 'q0'} = wid.x * BO;`;
+    return keyOwner ? 'let h = wid.x;\n  let k0 = wid.y * BO;' : 'let h = wid.x;\n  let q0 = (u.Tp / BO - 1u - wid.y) * BO;';
+  }
+
+  /**
+   * The tile's score blocks into Sc: for each chain (S = owner·stagedᵀ, dP likewise) and each 16-column
+   * block j, Σ_c left_c · staged(j, c)ᵀ, stored at Sc[st + sg·16 rows, 16·j]. Interleaved: all blocks'
+   * accumulators advance together over c (independent multiplies in flight), stored after.
+   */
+  private scores(f: Frag, chains: { n: string; l: string; r: string; st: string }[]): string {
+    const NT = this.bt / 16, NF = this.headDim / 16;
+    const right = (ch: { r: string }, j: number, c: number) => f.load('SR', 'Tl', 'col', `${ch.r}${16 * j}u * RS + ${2 * c}u`, 'RS');
+    const store = (ch: { st: string }, j: number, v: string) => f.store('Sc', `${ch.st}sg * 16u * SS + ${16 * j}u`, v, 'SS');
+    if (!this.cfg.interleave) {
+      return lines(NT, (j) => `{
+      ${chains.map((ch) => `var ${ch.n} = SA();
+      ${lines(NF, (c) => `${ch.n} = ${f.mma(`${ch.l}${c}`, right(ch, j, c), ch.n)};`)}
+      ${store(ch, j, ch.n)}`).join('\n      ')}
+    }`);
+    }
+    const each = (g: (ch: { n: string; l: string; r: string; st: string }, j: number) => string) => chains.map((ch) => lines(NT, (j) => g(ch, j))).join('\n      ');
+    return `{
+      ${each((ch, j) => `var ${ch.n}${j} = SA();`)}
+      ${lines(NF, (c) => each((ch, j) => `${ch.n}${j} = ${f.mma(`${ch.l}${c}`, right(ch, j, c), `${ch.n}${j}`)};`))}
+      ${each((ch, j) => store(ch, j, `${ch.n}${j}`))}
+    }`;
   }
 
   private entry(): string {
@@ -419,8 +477,7 @@ fn main(@builtin(local_invocation_index) lid : u32, @builtin(workgroup_id) wid :
 
 ${this.entry()}
   let b = wid.z;
-  let h = wid.y;
-  let q0 = wid.x * BO;
+  ${this.tileIds()}
   if (q0 >= u.T) { return; }
   let G = u.H / u.KV;
   let qr0 = (b * u.H + h) * u.Tp;
@@ -463,20 +520,14 @@ ${this.entry()}
     ${pf ? `if (k0 + BT < kEnd) {
       ${fetchKV('k0 + BT')}
     }` : ''}
-    ${lines(NT, (j) => `{
-      var s = SA();
-      ${lines(NF, (c) => `s = ${f.mma(`qf${c}`, f.load('SR', 'Tl', 'col', `${16 * j}u * RS + ${2 * c}u`, 'RS'), 's')};`)}
-      ${f.store('Sc', `sg * 16u * SS + ${16 * j}u`, 's', 'SS')}
-      ${k === 'dq' ? `var dp = SA();
-      ${lines(NF, (c) => `dp = ${f.mma(`df${c}`, f.load('SR', 'Tl', 'col', `BT * RS + ${16 * j}u * RS + ${2 * c}u`, 'RS'), 'dp')};`)}
-      ${f.store('Sc', `DP + sg * 16u * SS + ${16 * j}u`, 'dp', 'SS')}` : ''}
-    }`)}
+    ${this.scores(f, [{ n: 's', l: 'qf', r: '', st: '' }, ...(k === 'dq' ? [{ n: 'dp', l: 'df', r: 'BT * RS + ', st: 'DP + ' }] : [])])}
     workgroupBarrier();
     {
       ${laneStep}
     }
-    ${k === 'stats' ? '' : `workgroupBarrier();
-    ${k === 'fwd' ? `if (workgroupUniformLoad(&wgF) != 0u) {
+    ${k === 'stats' ? '' : `${k === 'fwd' ? '' : 'workgroupBarrier();'}
+    ${k === 'fwd' ? `// workgroupUniformLoad is itself a workgroup barrier: P and Al are visible after it
+    if (workgroupUniformLoad(&wgF) != 0u) {
       // some row's reference max moved: O *= alpha per row, fragment by fragment through this subgroup's Sc rows
       ${lines(NF, (c) => `${f.store('Sc', 'sg * 16u * SS', `acc${c}`, 'SS')}
       workgroupBarrier();
@@ -528,7 +579,8 @@ fn maskScore(s : f32, key : u32, t : u32, b : u32) -> f32 {
    * dqs: dQ = dS·K from the dS the kv kernel stored (key-major: DS[(b·H + h)·Sp + s][t], f16, scale included).
    * A workgroup owns BO query rows and walks the key tiles of the forward's range, K staged in Tl; a
    * subgroup skips the 16×16 blocks the kv kernel skipped (wholly after its rows' positions, for rows that
-   * all see some key: dS is 0 there, and never written).
+   * all see some key: dS is 0 there, and never written) and the blocks wholly past the last key (no kv
+   * workgroup owns them when its BO keys end before the tile's BT: never written either).
    */
   private dqFromStored(f: Frag): string {
     const { decl, stage, fetch, put } = this.common(f);
@@ -538,8 +590,7 @@ fn maskScore(s : f32, key : u32, t : u32, b : u32) -> f32 {
 
 ${this.entry()}
   let b = wid.z;
-  let h = wid.y;
-  let q0 = wid.x * BO;
+  ${this.tileIds()}
   if (q0 >= u.T) { return; }
   let G = u.H / u.KV;
   let kr0 = (b * u.KV + h / G) * u.Sp;
@@ -565,7 +616,7 @@ ${this.entry()}
     ${pf ? `if (k0 + BT < kEnd) {
       ${fetch('pk', 'K16', 'kr0 + k0 + BT')}
     }` : ''}
-    ${lines(NT, (j) => `if (!(allSee && k0 + ${16 * j}u > u.past + t0 + 15u)) {
+    ${lines(NT, (j) => `if (k0 + ${16 * j}u < u.S && !(allSee && k0 + ${16 * j}u > u.past + t0 + 15u)) {
       let dsf = ${f.load('SL', 'DS', 'col', `(dsRow + k0 + ${16 * j}u) * TP8 + t0 / 8u`, 'TP8')};
       ${lines(NF, (c) => `acc${c} = ${f.mma('dsf', f.load('SR', 'Tl', 'row', `${16 * j}u * RS + ${2 * c}u`, 'RS'), `acc${c}`)};`)}
     }`)}
@@ -581,8 +632,12 @@ ${this.entry()}
     const k = this.kind;
     const dk = k !== 'dv', dv = k !== 'dk';
     const pf = this.cfg.prefetch;
+    const rs = this.rowStats();
+    // the row stats of query rows q..q+BT (padded rows: any finite value, their scores are masked)
+    const stats = (q: string) => `vec4<f32>(ST[2u * (qr0 + ${q} + lid)], ST[2u * (qr0 + ${q} + lid) + 1u], DL[qr0 + ${q} + lid], 0.0)`;
     const fetchQD = (q0: string) => `${fetch('pq', 'Q16', `qr0 + ${q0}`)}
-    ${fetch('pd', 'DO16', `qr0 + ${q0}`)}`;
+    ${fetch('pd', 'DO16', `qr0 + ${q0}`)}
+    ${rs ? `if (lid < BT) { pr = ${stats(q0)}; }` : ''}`;
     const D = this.headDim, NF = D / 16, NT = this.bt / 16;
     const pack = (vals: string[]) => `vec4<u32>(${range(4).map((i) => `pack2x16float(vec2<f32>(${vals[2 * i]}, ${vals[2 * i + 1]}))`).join(', ')})`;
     // Pc regions: P at 0 (dv), dS at PD (dk)
@@ -591,8 +646,7 @@ ${this.entry()}
 
 ${this.entry()}
   let b = wid.z;
-  let h = wid.y;
-  let k0 = wid.x * BO;
+  ${this.tileIds()}
   if (k0 >= u.S) { return; }
   let G = u.H / u.KV;
   let qr0 = (b * u.H + h) * u.Tp;
@@ -629,6 +683,7 @@ ${this.entry()}
   while (q0 < u.T && skipTile(q0, k0, first)) { q0 += BT; }
   ${pf ? `var pq : array<vec4<u32>, ${np}>;
   var pd : array<vec4<u32>, ${np}>;
+  ${rs ? 'var pr = vec4<f32>(0.0);' : ''}
   if (q0 < u.T) {
     ${fetchQD('q0')}
   }` : ''}
@@ -638,20 +693,15 @@ ${this.entry()}
     while (qn < u.T && skipTile(qn, k0, first)) { qn += BT; }
     workgroupBarrier();
     ${pf ? `${put('pq', '0u')}
-    ${put('pd', 'BT * RS')}` : `${stage('Q16', 'qr0 + q0', 'BT', '0u')}
-    ${stage('DO16', 'qr0 + q0', 'BT', 'BT * RS')}`}
+    ${put('pd', 'BT * RS')}
+    ${rs ? 'if (lid < BT) { Rw[lid] = pr; }' : ''}` : `${stage('Q16', 'qr0 + q0', 'BT', '0u')}
+    ${stage('DO16', 'qr0 + q0', 'BT', 'BT * RS')}
+    ${rs ? `if (lid < BT) { Rw[lid] = ${stats('q0')}; }` : ''}`}
     workgroupBarrier();
     ${pf ? `if (qn < u.T) {
       ${fetchQD('qn')}
     }` : ''}
-    ${lines(NT, (j) => `{
-      var s = SA();
-      ${lines(NF, (c) => `s = ${f.mma(`kf${c}`, f.load('SR', 'Tl', 'col', `${16 * j}u * RS + ${2 * c}u`, 'RS'), 's')};`)}
-      ${f.store('Sc', `sg * 16u * SS + ${16 * j}u`, 's', 'SS')}
-      ${dk ? `var dp = SA();
-      ${lines(NF, (c) => `dp = ${f.mma(`vf${c}`, f.load('SR', 'Tl', 'col', `BT * RS + ${16 * j}u * RS + ${2 * c}u`, 'RS'), 'dp')};`)}
-      ${f.store('Sc', `DP + sg * 16u * SS + ${16 * j}u`, 'dp', 'SS')}` : ''}
-    }`)}
+    ${this.scores(f, [{ n: 's', l: 'kf', r: '', st: '' }, ...(dk ? [{ n: 'dp', l: 'vf', r: 'BT * RS + ', st: 'DP + ' }] : [])])}
     workgroupBarrier();
     for (var g = 0u; g < HALF / 8u; g++) {
       ${dv ? 'var pv : array<f32, 8>;' : ''}
@@ -664,8 +714,10 @@ ${this.entry()}
           let row = qr0 + t;
           var x = MASKED;
           if (kk >= u.S) { x = FAR; } else if (keyOk && kk <= u.past + t) { x = Sc[srow + col] * SCALE; }
-          p = exp((x - ST[2u * row]) - ST[2u * row + 1u]);
-          ${dk ? 'sv[i] = p * (Sc[DP + srow + col] - DL[row]) * SCALE;' : ''}
+          ${rs ? `let st = Rw[col];
+          p = exp((x - st.x) - st.y);
+          ${dk ? 'sv[i] = p * (Sc[DP + srow + col] - st.z) * SCALE;' : ''}` : `p = exp((x - ST[2u * row]) - ST[2u * row + 1u]);
+          ${dk ? 'sv[i] = p * (Sc[DP + srow + col] - DL[row]) * SCALE;' : ''}`}
         }
         ${dv ? 'pv[i] = p;' : ''}
       }
@@ -946,6 +998,14 @@ export interface FlashSgOptions {
   config?: SgAttentionConfig;
 }
 
+/**
+ * The config flashAttention runs at head dim D under a workgroup-memory limit: the default, else the same
+ * with 16-query kv tiles (≤ 34 KiB at head_dim 128), else undefined (the fp32 kernels run).
+ */
+export function sgConfigFor(D: number, workgroupBytes: number): SgAttentionConfig | undefined {
+  return [DEFAULT_SG_CONFIG, { ...DEFAULT_SG_CONFIG, btKv: 16 }].find((c) => sgWorkgroupBytes(D, c) <= workgroupBytes);
+}
+
 /** Workgroup bytes the largest kernel of `cfg` needs at head dim D. */
 export function sgWorkgroupBytes(D: number, cfg: SgAttentionConfig): number {
   const dims = { B: 1, H: 1, T: 1, S: 1 };
@@ -961,7 +1021,7 @@ export function sgWorkgroupBytes(D: number, cfg: SgAttentionConfig): number {
 export function flashAttentionSg(q: tf.Tensor4D, k: tf.Tensor4D, v: tf.Tensor4D, opts: FlashSgOptions): tf.Tensor4D {
   const [B, H, T, D] = q.shape;
   const [, KV, S] = k.shape;
-  const cfg = opts.config ?? DEFAULT_SG_CONFIG;
+  const cfg = opts.config ?? sgConfigFor(D, webgpuBackend().device.limits.maxComputeWorkgroupStorageSize) ?? DEFAULT_SG_CONFIG;
   const past = opts.past;
   const Tp = padTo(T), Sp = padTo(S);
   const m = opts.attentionMask;

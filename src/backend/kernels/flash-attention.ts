@@ -26,7 +26,7 @@ import { onWebGpu, runProgram, webgpuBackend, type Program } from './program';
 import { matmulF16Path } from './matmul-f16';
 import { computeDtype } from '../precision';
 import { getGpuAdapterInfo } from '../device';
-import { DEFAULT_SG_CONFIG, flashAttentionSg, sgWorkgroupBytes } from './flash-attention-sg';
+import { flashAttentionSg, sgConfigFor } from './flash-attention-sg';
 
 /** Query rows and keys per tile. */
 const TILE = 64;
@@ -493,7 +493,7 @@ export function flashAttentionPath(headDim: number): 'subgroup-matrix' | 'fp32' 
       // no session info: assume NVIDIA's 32
     }
     const wgMem = webgpuBackend().device.limits.maxComputeWorkgroupStorageSize;
-    if (size === 32 && sgWorkgroupBytes(headDim, DEFAULT_SG_CONFIG) <= wgMem) return 'subgroup-matrix';
+    if (size === 32 && sgConfigFor(headDim, wgMem)) return 'subgroup-matrix';
   }
   return headDim % HEAD_DIM_MULTIPLE === 0 ? 'fp32' : 'tfjs';
 }

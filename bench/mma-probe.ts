@@ -21,7 +21,7 @@ const opt = (n: string) => { const i = argv.indexOf(`--${n}`); return i >= 0 ? a
  * the next 128×32 + 32×128 halves loaded from global memory into registers and stored to workgroup memory,
  * as SgMatmulProgram's single-stage register prefetch does: the matmul without its address arithmetic.
  */
-interface Probe { name: string; R: number; C: number; loads: 'none' | 'operands' | 'per-mma'; k32?: 'barriers' | 'staged' }
+interface Probe { name: string; R: number; C: number; loads: 'none' | 'operands' | 'per-mma'; k32?: 'barriers' | 'staged' | 'stream' }
 
 const PROBES: Probe[] = [
   { name: 'mma only, 1 accumulator (one dependent chain)', R: 1, C: 1, loads: 'none' },
@@ -31,6 +31,10 @@ const PROBES: Probe[] = [
   { name: 'mma + a load per mma, 1×8 (the attention kernels\' ratio)', R: 1, C: 8, loads: 'per-mma' },
   { name: 'matmul k step: operand loads + 2 barriers per 32-deep step, 4×4', R: 4, C: 4, loads: 'operands', k32: 'barriers' },
   { name: 'matmul k step: + global → registers → workgroup staging (16 KiB per step), 4×4', R: 4, C: 4, loads: 'operands', k32: 'staged' },
+  {
+    name: 'the same streaming a 4096³ product\'s operands: 32×32 workgroups, 128 steps, each reading its A and B panels (64 MiB in all)',
+    R: 4, C: 4, loads: 'operands', k32: 'stream',
+  },
 ];
 
 const NSG = 4;          // subgroups per workgroup
@@ -47,9 +51,10 @@ function wgsl(p: Probe): string {
     ${all((r, c) => `${acc(r, c)} = subgroupMatrixMultiplyAccumulate(la${r}_${t}, lb${c}_${t}, ${acc(r, c)});`)}`;
   const step = p.k32
     ? `workgroupBarrier();
-    ${p.k32 === 'staged' ? `for (var j = 0u; j < NP; j++) { W[lid + j * WG] = pre[j]; }` : ''}
+    ${p.k32 === 'staged' || p.k32 === 'stream' ? `for (var j = 0u; j < NP; j++) { W[lid + j * WG] = pre[j]; }` : ''}
     workgroupBarrier();
     ${p.k32 === 'staged' ? `for (var j = 0u; j < NP; j++) { pre[j] = IN[(i * 1024u + lid + j * WG) % 4096u]; }` : ''}
+    ${p.k32 === 'stream' ? `for (var j = 0u; j < NP; j++) { pre[j] = IN[select(panelB, panelA, j < NP / 2u) + ((i + 1u) % u.x) * 512u + lid + (j % (NP / 2u)) * WG]; }` : ''}
     ${inner('(2u * i) % 8u', 0)}
     ${inner('(2u * i + 1u) % 8u', 1)}`
     : p.loads === 'none'
@@ -82,6 +87,11 @@ fn main(@builtin(local_invocation_index) lid : u32, @builtin(workgroup_id) wid :
   ${Array.from({ length: C }, (_, c) => `let b${c} = ${loadB(c, '0u')};`).join('\n  ')}
   ${all((r, c) => `var ${acc(r, c)} = SA();`)}
   ${p.k32 === 'staged' ? 'var pre : array<vec4<u32>, NP>;\n  for (var j = 0u; j < NP; j++) { pre[j] = IN[lid + j * WG]; }' : ''}
+  ${p.k32 === 'stream' ? `// A panel of row tile m (8 KiB per step), B panel of column tile n, 1 MiB each
+  let panelA = (wid.x / 32u) * 65536u;
+  let panelB = 2097152u + (wid.x % 32u) * 65536u;
+  var pre : array<vec4<u32>, NP>;
+  for (var j = 0u; j < NP; j++) { pre[j] = IN[select(panelB, panelA, j < NP / 2u) + lid + (j % (NP / 2u)) * WG]; }` : ''}
   for (var i = 0u; i < u.x; i++) {
     ${step}
   }
@@ -99,14 +109,15 @@ async function main(): Promise<void> {
   const session = await startWebGpu(probe);
   const device = session.device;
   if (!hasSubgroupMatrix(device, session.adapterInfo)) throw new Error(`mma-probe: ${probe.summary.description} has no f16 subgroup matrices (run it on the GPU box)`);
-  const wgs = Number(opt('workgroups') ?? 132 * 16);
+  const wgsAll = Number(opt('workgroups') ?? 132 * 16);
   // small halves (±1/64 .. ±1/32): sums stay far from f16/f32 limits
   const halves = new Uint16Array(4096 * 8).map((_, i) => ((i * 2654435761) >>> 0) % 2 ? 0x2400 + (i % 1024) : 0xa400 + (i % 1024));
-  const input = device.createBuffer({ size: halves.byteLength, usage: GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_DST });
-  device.queue.writeBuffer(input, 0, halves);
+  const input = device.createBuffer({ size: 64 << 20, usage: GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_DST });
+  for (let off = 0; off < 64 << 20; off += halves.byteLength) device.queue.writeBuffer(input, off, halves);
   const results: Record<string, unknown>[] = [];
   for (const p of PROBES) {
-    const iters = p.loads === 'none' ? (4096 / (p.R * p.C)) * 16 : p.k32 ? 1024 : 2048;
+    const iters = p.loads === 'none' ? (4096 / (p.R * p.C)) * 16 : p.k32 === 'stream' ? 128 : p.k32 ? 1024 : 2048;
+    const wgs = p.k32 === 'stream' ? 1024 : wgsAll;
     const out = device.createBuffer({ size: wgs * NSG * p.R * p.C * 256 * 4, usage: GPUBufferUsage.STORAGE });
     const uni = device.createBuffer({ size: 16, usage: GPUBufferUsage.UNIFORM | GPUBufferUsage.COPY_DST });
     device.queue.writeBuffer(uni, 0, Uint32Array.from([iters, 0, 0, 0]));

@@ -21,7 +21,7 @@ const opt = (n: string) => { const i = argv.indexOf(`--${n}`); return i >= 0 ? a
  * the next 128×32 + 32×128 halves loaded from global memory into registers and stored to workgroup memory,
  * as SgMatmulProgram's single-stage register prefetch does: the matmul without its address arithmetic.
  */
-interface Probe { name: string; R: number; C: number; loads: 'none' | 'operands' | 'per-mma'; k32?: 'barriers' | 'staged' | 'stream' }
+interface Probe { name: string; R: number; C: number; loads: 'none' | 'operands' | 'per-mma'; k32?: 'barriers' | 'staged' | 'stream' | 'stream2' }
 
 const PROBES: Probe[] = [
   { name: 'mma only, 1 accumulator (one dependent chain)', R: 1, C: 1, loads: 'none' },
@@ -35,6 +35,7 @@ const PROBES: Probe[] = [
     name: 'the same streaming a 4096³ product\'s operands: 32×32 workgroups, 128 steps, each reading its A and B panels (64 MiB in all)',
     R: 4, C: 4, loads: 'operands', k32: 'stream',
   },
+  { name: 'the same with two steps in flight in registers (prefetch distance 2)', R: 4, C: 4, loads: 'operands', k32: 'stream2' },
 ];
 
 const NSG = 4;          // subgroups per workgroup
@@ -49,7 +50,19 @@ function wgsl(p: Probe): string {
   const inner = (k: string, t: number) => `${Array.from({ length: R }, (_, r) => `let la${r}_${t} = ${loadA(r, k)};`).join('\n    ')}
     ${Array.from({ length: C }, (_, c) => `let lb${c}_${t} = ${loadB(c, k)};`).join('\n    ')}
     ${all((r, c) => `${acc(r, c)} = subgroupMatrixMultiplyAccumulate(la${r}_${t}, lb${c}_${t}, ${acc(r, c)});`)}`;
-  const step = p.k32
+  const fetch2 = (reg: string, at: string) => `for (var j = 0u; j < NP; j++) { ${reg}[j] = IN[select(panelB, panelA, j < NP / 2u) + ((${at}) % u.x) * 512u + lid + (j % (NP / 2u)) * WG]; }`;
+  const half2 = (reg: string, at: string, k0: string, k1: string) => `workgroupBarrier();
+    for (var j = 0u; j < NP; j++) { W[lid + j * WG] = ${reg}[j]; }
+    workgroupBarrier();
+    ${fetch2(reg, at)}
+    {
+    ${inner(k0, 0)}
+    ${inner(k1, 1)}
+    }`;
+  const step = p.k32 === 'stream2'
+    ? `${half2('p0', 'i + 2u', '(2u * i) % 8u', '(2u * i + 1u) % 8u')}
+    ${half2('p1', 'i + 3u', '(2u * i + 2u) % 8u', '(2u * i + 3u) % 8u')}`
+    : p.k32
     ? `workgroupBarrier();
     ${p.k32 === 'staged' || p.k32 === 'stream' ? `for (var j = 0u; j < NP; j++) { W[lid + j * WG] = pre[j]; }` : ''}
     workgroupBarrier();
@@ -92,7 +105,13 @@ fn main(@builtin(local_invocation_index) lid : u32, @builtin(workgroup_id) wid :
   let panelB = 2097152u + (wid.x % 32u) * 65536u;
   var pre : array<vec4<u32>, NP>;
   for (var j = 0u; j < NP; j++) { pre[j] = IN[select(panelB, panelA, j < NP / 2u) + lid + (j % (NP / 2u)) * WG]; }` : ''}
-  for (var i = 0u; i < u.x; i++) {
+  ${p.k32 === 'stream2' ? `let panelA = (wid.x / 32u) * 65536u;
+  let panelB = 2097152u + (wid.x % 32u) * 65536u;
+  var p0 : array<vec4<u32>, NP>;
+  var p1 : array<vec4<u32>, NP>;
+  ${fetch2('p0', '0u')}
+  ${fetch2('p1', '1u')}` : ''}
+  for (var i = 0u; i < u.x; i += ${p.k32 === 'stream2' ? 2 : 1}u) {
     ${step}
   }
   let base = ((wid.x * ${NSG}u + sg) * ${R * C}u) * 256u;
@@ -116,8 +135,8 @@ async function main(): Promise<void> {
   for (let off = 0; off < 64 << 20; off += halves.byteLength) device.queue.writeBuffer(input, off, halves);
   const results: Record<string, unknown>[] = [];
   for (const p of PROBES) {
-    const iters = p.loads === 'none' ? (4096 / (p.R * p.C)) * 16 : p.k32 === 'stream' ? 128 : p.k32 ? 1024 : 2048;
-    const wgs = p.k32 === 'stream' ? 1024 : wgsAll;
+    const iters = p.loads === 'none' ? (4096 / (p.R * p.C)) * 16 : p.k32 === 'stream' || p.k32 === 'stream2' ? 128 : p.k32 ? 1024 : 2048;
+    const wgs = p.k32 === 'stream' || p.k32 === 'stream2' ? 1024 : wgsAll;
     const out = device.createBuffer({ size: wgs * NSG * p.R * p.C * 256 * 4, usage: GPUBufferUsage.STORAGE });
     const uni = device.createBuffer({ size: 16, usage: GPUBufferUsage.UNIFORM | GPUBufferUsage.COPY_DST });
     device.queue.writeBuffer(uni, 0, Uint32Array.from([iters, 0, 0, 0]));

@@ -9,7 +9,7 @@
 
 import * as fs from 'node:fs';
 import { probeAdapter, startWebGpu } from '../src/backend/webgpu';
-import { hasSubgroupMatrix } from '../src/backend/kernels/matmul-f16';
+import { SUBGROUP_MATRIX_WGSL, hasSubgroupMatrix } from '../src/backend/kernels/matmul-f16';
 
 const argv = process.argv.slice(2);
 const opt = (n: string) => { const i = argv.indexOf(`--${n}`); return i >= 0 ? argv[i + 1] : undefined; };
@@ -77,14 +77,7 @@ function wgsl(p: Probe): string {
     ${Array.from({ length: C }, (_, c) => `let lb${c} = ${loadB(c, 'i % 8u')};`).join('\n    ')}
     ${all((r, c) => `${acc(r, c)} = subgroupMatrixMultiplyAccumulate(la${r}, lb${c}, ${acc(r, c)});`)}`
     : all((r, c) => `${acc(r, c)} = subgroupMatrixMultiplyAccumulate(a${r}, ${loadB(c, 'i % 8u')}, ${acc(r, c)});`);
-  return `enable f16;
-enable subgroups;
-enable chromium_experimental_subgroup_matrix;
-diagnostic(off, chromium.subgroup_matrix_uniformity);
-diagnostic(off, subgroup_uniformity);
-alias SL = subgroup_matrix_left<f16, 16, 16>;
-alias SR = subgroup_matrix_right<f16, 16, 16>;
-alias SA = subgroup_matrix_result<f32, 16, 16>;
+  return `${SUBGROUP_MATRIX_WGSL}
 @group(0) @binding(0) var<storage, read> IN : array<vec4<u32>>;
 @group(0) @binding(1) var<storage, read_write> OUT : array<f32>;
 @group(0) @binding(2) var<uniform> u : vec4<u32>;

@@ -36,6 +36,7 @@
 
 import * as tf from '@tensorflow/tfjs-core';
 import { MASKED } from '../../model/attention';
+import { SUBGROUP_MATRIX_WGSL } from './matmul-f16';
 import { gpuBufferOf, gridFor, pipelineFor, uninitialised, webgpuBackend, type BackendInternals } from './program';
 
 /** Sequence padding of the f16 copies (a multiple of every tile's rows). */
@@ -167,14 +168,7 @@ class Frag {
   /** Module header: enables and aliases (hardware) or the emulation's functions (call after generating the body). */
   header(): string {
     if (!this.emulate) {
-      return `enable f16;
-enable subgroups;
-enable chromium_experimental_subgroup_matrix;
-diagnostic(off, chromium.subgroup_matrix_uniformity);
-diagnostic(off, subgroup_uniformity);
-alias SL = subgroup_matrix_left<f16, 16, 16>;
-alias SR = subgroup_matrix_right<f16, 16, 16>;
-alias SA = subgroup_matrix_result<f32, 16, 16>;`;
+      return SUBGROUP_MATRIX_WGSL;
     }
     const loads = [...this.loads].map((arr) => `fn emuLoad_${arr}(off : u32, stride : u32, colMajor : bool) -> array<f32, 256> {
   var m : array<f32, 256>;

@@ -97,6 +97,20 @@ export function pickSgTile(M: number, N: number, batch = 1): SgTile {
 }
 
 /**
+ * The WGSL header of every subgroup-matrix kernel (matmuls, attention, bench/mma-probe.ts): the enables,
+ * the uniformity diagnostics off (fragment offsets come from subgroup_id: bench/MATMUL.md), and the f16
+ * 16×16 operand / f32 result aliases SL, SR, SA.
+ */
+export const SUBGROUP_MATRIX_WGSL = `enable f16;
+enable subgroups;
+enable chromium_experimental_subgroup_matrix;
+diagnostic(off, chromium.subgroup_matrix_uniformity);
+diagnostic(off, subgroup_uniformity);
+alias SL = subgroup_matrix_left<f16, 16, 16>;
+alias SR = subgroup_matrix_right<f16, 16, 16>;
+alias SA = subgroup_matrix_result<f32, 16, 16>;`;
+
+/**
  * K-slices for a 2-D matmul whose output has too few tiles to fill the GPU while K is long (1: none):
  * aims at ~1,000 64×64 tiles in flight (8 per SM of an H100); S divides K into slices of a multiple of 16.
  */
@@ -343,15 +357,9 @@ export class SgMatmulProgram implements OwnProgram {
       let tm = first + (pid % width) % gsz; let tn = (pid % width) / gsz;`
       : `let tm = wid.y; let tn = wid.x;`;
 
-    return `enable f16;
-enable subgroups;
-enable chromium_experimental_subgroup_matrix;
-diagnostic(off, chromium.subgroup_matrix_uniformity);
+    return `${SUBGROUP_MATRIX_WGSL}
 
 ${UNIFORM_STRUCT}
-alias SL = subgroup_matrix_left<f16, 16, 16>;
-alias SR = subgroup_matrix_right<f16, 16, 16>;
-alias SA = subgroup_matrix_result<f32, 16, 16>;
 
 @group(0) @binding(0) var<storage, read> A : array<${load === 'vec8' ? 'vec4<u32>' : 'f16'}>;
 @group(0) @binding(1) var<storage, read> B : array<${load === 'vec8' ? 'vec4<u32>' : 'f16'}>;

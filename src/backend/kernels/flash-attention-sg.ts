@@ -24,6 +24,10 @@
 //   dq     owner Q (and dO): S, dP = dO·Vᵀ, dS = P∘(dP − Δ)·scale (f16), dQ += dS·K — recomputes instead of
 //          reading a stored dS: used when dS would exceed DS_MAX_BYTES (long sequences) or under `_dqre`;
 //   `kvSplit` runs dK and dV as two kernels (fewer live accumulators each).
+// Scheduling (`heavyFirst`): heads on x, tiles on y in order of causal work (query tiles from the last,
+// key tiles from the first), so the longest workgroups start in the first wave rather than the tail. The
+// kv kernel stages the query rows' (max, log-sum, Δ) with each Q / dO tile (`rowStats`), and the score
+// multiplies of a tile advance all column blocks together (`interleave`).
 // Between the matrix ops S / dP go through workgroup memory (f32) where every thread of the workgroup
 // applies the mask and softmax to half a row, and P / dS come back as f16 for the next multiply.
 // Δ = rowsum(dO ∘ O) and the f16 dO come from one prologue pass (`prep`). A forward is 2 dispatches (3

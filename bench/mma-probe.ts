@@ -21,7 +21,7 @@ const opt = (n: string) => { const i = argv.indexOf(`--${n}`); return i >= 0 ? a
  * the next 128×32 + 32×128 halves loaded from global memory into registers and stored to workgroup memory,
  * as SgMatmulProgram's single-stage register prefetch does: the matmul without its address arithmetic.
  */
-interface Probe { name: string; R: number; C: number; loads: 'none' | 'operands' | 'per-mma'; k32?: 'barriers' | 'staged' | 'stream' | 'stream2' }
+interface Probe { name: string; R: number; C: number; loads: 'none' | 'operands' | 'per-mma'; k32?: 'barriers' | 'staged' | 'stream' | 'stream2'; wide?: boolean }
 
 const PROBES: Probe[] = [
   { name: 'mma only, 1 accumulator (one dependent chain)', R: 1, C: 1, loads: 'none' },
@@ -36,13 +36,17 @@ const PROBES: Probe[] = [
     R: 4, C: 4, loads: 'operands', k32: 'stream',
   },
   { name: 'the same with two steps in flight in registers (prefetch distance 2)', R: 4, C: 4, loads: 'operands', k32: 'stream2' },
+  { name: 'streaming, 128×256 tiles (8 subgroups of 64×64: 25 % fewer bytes per multiply), 32×16 workgroups', R: 4, C: 4, loads: 'operands', k32: 'stream', wide: true },
+  { name: 'the same, prefetch distance 2', R: 4, C: 4, loads: 'operands', k32: 'stream2', wide: true },
 ];
 
-const NSG = 4;          // subgroups per workgroup
+const NSG = 4;          // subgroups per workgroup (wide probes: 8)
+const nsgOf = (p: Probe) => (p.wide ? 8 : NSG);
 const ROW = 3;          // workgroup tile row stride in vec4<u32> (8 halves each): 16 halves and one pad
 
 function wgsl(p: Probe): string {
   const { R, C } = p;
+  const nsg = nsgOf(p), stepVec4 = p.wide ? 1536 : 1024, tilesN = p.wide ? 16 : 32;
   const acc = (r: number, c: number) => `acc_${r}_${c}`;
   const all = (f: (r: number, c: number) => string) => Array.from({ length: R }, (_, r) => Array.from({ length: C }, (_, c) => f(r, c)).join('\n    ')).join('\n    ');
   const loadA = (r: number, k = '0u') => `subgroupMatrixLoad<SL, row_major>(&W, ((sg * 16u + ${r}u * 64u + ${k}) % 256u) * ROW, ROW)`;
@@ -50,7 +54,8 @@ function wgsl(p: Probe): string {
   const inner = (k: string, t: number) => `${Array.from({ length: R }, (_, r) => `let la${r}_${t} = ${loadA(r, k)};`).join('\n    ')}
     ${Array.from({ length: C }, (_, c) => `let lb${c}_${t} = ${loadB(c, k)};`).join('\n    ')}
     ${all((r, c) => `${acc(r, c)} = subgroupMatrixMultiplyAccumulate(la${r}_${t}, lb${c}_${t}, ${acc(r, c)});`)}`;
-  const fetch2 = (reg: string, at: string) => `for (var j = 0u; j < NP; j++) { ${reg}[j] = IN[select(panelB, panelA, j < NP / 2u) + ((${at}) % u.x) * 512u + lid + (j % (NP / 2u)) * WG]; }`;
+  // one step of the streamed A (512 vec4: 128 rows × 32 halves) and B (BSTEP vec4) panels into registers
+  const fetch2 = (reg: string, at: string) => `for (var j = 0u; j < NP; j++) { ${reg}[j] = IN[select(panelB + ((${at}) % u.x) * BSTEP + lid + (j - NPA) * WG, panelA + ((${at}) % u.x) * 512u + lid + j * WG, j < NPA)]; }`;
   const half2 = (reg: string, at: string, k0: string, k1: string) => `workgroupBarrier();
     for (var j = 0u; j < NP; j++) { W[lid + j * WG] = ${reg}[j]; }
     workgroupBarrier();
@@ -67,7 +72,7 @@ function wgsl(p: Probe): string {
     ${p.k32 === 'staged' || p.k32 === 'stream' ? `for (var j = 0u; j < NP; j++) { W[lid + j * WG] = pre[j]; }` : ''}
     workgroupBarrier();
     ${p.k32 === 'staged' ? `for (var j = 0u; j < NP; j++) { pre[j] = IN[(i * 1024u + lid + j * WG) % 4096u]; }` : ''}
-    ${p.k32 === 'stream' ? `for (var j = 0u; j < NP; j++) { pre[j] = IN[select(panelB, panelA, j < NP / 2u) + ((i + 1u) % u.x) * 512u + lid + (j % (NP / 2u)) * WG]; }` : ''}
+    ${p.k32 === 'stream' ? fetch2('pre', 'i + 1u') : ''}
     ${inner('(2u * i) % 8u', 0)}
     ${inner('(2u * i + 1u) % 8u', 1)}`
     : p.loads === 'none'
@@ -82,32 +87,32 @@ function wgsl(p: Probe): string {
 @group(0) @binding(1) var<storage, read_write> OUT : array<f32>;
 @group(0) @binding(2) var<uniform> u : vec4<u32>;
 const ROW = ${ROW}u;
-const WG = ${32 * NSG}u;
-const NP = ${1024 / (32 * NSG)}u;   // vec4 per invocation of a 16 KiB staged step
-var<workgroup> W : array<vec4<u32>, ${Math.max(272 * ROW, 1024)}>;   // 256 rows + 16 (a fragment from row 255); 16 KiB staged
-@compute @workgroup_size(${32 * NSG})
+const WG = ${32 * nsg}u;
+const NP = ${stepVec4 / (32 * nsg)}u;   // vec4 per invocation of a staged step (16 KiB; wide: 24 KiB)
+const NPA = ${512 / (32 * nsg)}u;   // of them A's
+const BSTEP = ${p.wide ? 1024 : 512}u;      // vec4 of B per step
+var<workgroup> W : array<vec4<u32>, ${Math.max(272 * ROW, stepVec4)}>;   // 256 rows + 16 (a fragment from row 255); a staged step
+@compute @workgroup_size(${32 * nsg})
 fn main(@builtin(local_invocation_index) lid : u32, @builtin(workgroup_id) wid : vec3<u32>, @builtin(subgroup_id) sg : u32) {
-  for (var e = lid; e < 272u * ROW; e += ${32 * NSG}u) { W[e] = IN[e % 4096u]; }
+  for (var e = lid; e < 272u * ROW; e += WG) { W[e] = IN[e % 4096u]; }
   workgroupBarrier();
   ${Array.from({ length: R }, (_, r) => `let a${r} = ${loadA(r)};`).join('\n  ')}
   ${Array.from({ length: C }, (_, c) => `let b${c} = ${loadB(c, '0u')};`).join('\n  ')}
   ${all((r, c) => `var ${acc(r, c)} = SA();`)}
   ${p.k32 === 'staged' ? 'var pre : array<vec4<u32>, NP>;\n  for (var j = 0u; j < NP; j++) { pre[j] = IN[lid + j * WG]; }' : ''}
-  ${p.k32 === 'stream' ? `// A panel of row tile m (8 KiB per step), B panel of column tile n, 1 MiB each
-  let panelA = (wid.x / 32u) * 65536u;
-  let panelB = 2097152u + (wid.x % 32u) * 65536u;
-  var pre : array<vec4<u32>, NP>;
-  for (var j = 0u; j < NP; j++) { pre[j] = IN[select(panelB, panelA, j < NP / 2u) + lid + (j % (NP / 2u)) * WG]; }` : ''}
-  ${p.k32 === 'stream2' ? `let panelA = (wid.x / 32u) * 65536u;
-  let panelB = 2097152u + (wid.x % 32u) * 65536u;
-  var p0 : array<vec4<u32>, NP>;
+  ${p.k32 === 'stream' || p.k32 === 'stream2' ? `// A panel of row tile m (1 MiB: 8 KiB per step), B panel of column tile n (1 MiB; wide: 2 MiB)
+  let panelA = (wid.x / ${tilesN}u) * 65536u;
+  let panelB = 2097152u + (wid.x % ${tilesN}u) * ${p.wide ? 131072 : 65536}u;` : ''}
+  ${p.k32 === 'stream' ? `var pre : array<vec4<u32>, NP>;
+  ${fetch2('pre', '0u')}` : ''}
+  ${p.k32 === 'stream2' ? `var p0 : array<vec4<u32>, NP>;
   var p1 : array<vec4<u32>, NP>;
   ${fetch2('p0', '0u')}
   ${fetch2('p1', '1u')}` : ''}
   for (var i = 0u; i < u.x; i += ${p.k32 === 'stream2' ? 2 : 1}u) {
     ${step}
   }
-  let base = ((wid.x * ${NSG}u + sg) * ${R * C}u) * 256u;
+  let base = ((wid.x * ${nsg}u + sg) * ${R * C}u) * 256u;
   ${all((r, c) => `subgroupMatrixStore<row_major>(&OUT, base + ${(r * C + c) * 256}u, ${acc(r, c)}, 16u);`)}
 }`;
 }
@@ -129,8 +134,9 @@ async function main(): Promise<void> {
   const results: Record<string, unknown>[] = [];
   for (const p of PROBES) {
     const iters = p.loads === 'none' ? (4096 / (p.R * p.C)) * 16 : p.k32 === 'stream' || p.k32 === 'stream2' ? 128 : p.k32 ? 1024 : 2048;
-    const wgs = p.k32 === 'stream' || p.k32 === 'stream2' ? 1024 : wgsAll;
-    const out = device.createBuffer({ size: wgs * NSG * p.R * p.C * 256 * 4, usage: GPUBufferUsage.STORAGE });
+    const wgs = p.k32 === 'stream' || p.k32 === 'stream2' ? (p.wide ? 512 : 1024) : wgsAll;
+    const nsg = nsgOf(p);
+    const out = device.createBuffer({ size: wgs * nsg * p.R * p.C * 256 * 4, usage: GPUBufferUsage.STORAGE });
     const uni = device.createBuffer({ size: 16, usage: GPUBufferUsage.UNIFORM | GPUBufferUsage.COPY_DST });
     device.queue.writeBuffer(uni, 0, Uint32Array.from([iters, 0, 0, 0]));
     const module = device.createShaderModule({ code: wgsl(p) });
@@ -155,8 +161,8 @@ async function main(): Promise<void> {
       times.push((performance.now() - t0) / 10);
     }
     const ms = times.sort((a, b) => a - b)[1];
-    const flop = wgs * NSG * iters * (p.k32 ? 2 : 1) * p.R * p.C * 2 * 16 * 16 * 16;
-    const row = { probe: p.name, accumulators: p.R * p.C, loads: p.loads, workgroups: wgs, subgroups_per_workgroup: NSG, iterations: iters, ms: Number(ms.toPrecision(4)), tflops: Number((flop / ms / 1e9).toPrecision(4)) };
+    const flop = wgs * nsg * iters * (p.k32 ? 2 : 1) * p.R * p.C * 2 * 16 * 16 * 16;
+    const row = { probe: p.name, accumulators: p.R * p.C, loads: p.loads, workgroups: wgs, subgroups_per_workgroup: nsg, iterations: iters, ms: Number(ms.toPrecision(4)), tflops: Number((flop / ms / 1e9).toPrecision(4)) };
     console.log(JSON.stringify(row));
     results.push(row);
     out.destroy();

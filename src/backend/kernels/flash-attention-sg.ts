@@ -80,21 +80,27 @@ export interface SgAttentionConfig {
   interleave: boolean;
   /** kv: the query rows' stats (max, log-sum, Δ) staged with Q / dO instead of read from global memory per score */
   rowStats: boolean;
+  /**
+   * fwd: subgroups work in pairs on 32 query rows, each of the pair holding half the head dim (Q fragments,
+   * O accumulators, its half of every score as a partial sum): each staged K / V fragment feeds two
+   * multiplies instead of one
+   */
+  pairs: boolean;
   /** plain-WGSL stand-ins for the subgroup-matrix builtins (lavapipe) */
   emulate: boolean;
 }
 
 // the fastest of those measured (bench/results/2026-11-28-attention.md); ≤ 46 KiB of workgroup memory at head_dim 128
 // (the kv kernel: 32-query tiles); `nsg4_bt32_dq16_kv4x32_hf_il_rs`
-export const DEFAULT_SG_CONFIG: SgAttentionConfig = { nsg: 4, bt: 32, btDq: 16, btDqs: 64, nsgKv: 4, btKv: 32, kvSplit: false, fwd1: true, prefetch: true, dsStored: true, heavyFirst: true, interleave: true, rowStats: true, emulate: false };
+export const DEFAULT_SG_CONFIG: SgAttentionConfig = { nsg: 4, bt: 32, btDq: 16, btDqs: 64, nsgKv: 4, btKv: 32, kvSplit: false, fwd1: true, prefetch: true, dsStored: true, heavyFirst: true, interleave: true, rowStats: true, pairs: false, emulate: false };
 
 /**
- * Parses `nsg4_bt64_dq32_ds64_kv4x32[_split][_2pass][_nopf][_dqre][_hf][_il][_rs][_emu]` (what sgConfigKey
- * writes): missing tile sizes and switches keep the defaults, except hf, il and rs, which are on only when
- * named (`nsg4_bt32_dq16_kv4x16` is the kernels before them).
+ * Parses `nsg4_bt64_dq32_ds64_kv4x32[_split][_2pass][_nopf][_dqre][_hf][_il][_rs][_pr][_emu]` (what
+ * sgConfigKey writes): missing tile sizes and switches keep the defaults, except hf, il, rs and pr, which
+ * are on only when named (`nsg4_bt32_dq16_kv4x16` is the kernels before them).
  */
 export function parseSgConfig(s: string, base: SgAttentionConfig = DEFAULT_SG_CONFIG): SgAttentionConfig {
-  const c = { ...base, heavyFirst: false, interleave: false, rowStats: false };
+  const c = { ...base, heavyFirst: false, interleave: false, rowStats: false, pairs: false };
   for (const part of s.split('_').filter(Boolean)) {
     let m: RegExpExecArray | null;
     if ((m = /^nsg(\d+)$/.exec(part))) c.nsg = Number(m[1]);
@@ -109,6 +115,7 @@ export function parseSgConfig(s: string, base: SgAttentionConfig = DEFAULT_SG_CO
     else if (part === 'hf') c.heavyFirst = true;
     else if (part === 'il') c.interleave = true;
     else if (part === 'rs') c.rowStats = true;
+    else if (part === 'pr') c.pairs = true;
     else if (part === 'emu') c.emulate = true;
     else throw new RangeError(`attention config '${s}': unknown part '${part}' (e.g. nsg4_bt64_dq32_kv4x32_split)`);
   }
@@ -116,7 +123,7 @@ export function parseSgConfig(s: string, base: SgAttentionConfig = DEFAULT_SG_CO
 }
 
 export function sgConfigKey(c: SgAttentionConfig): string {
-  return `nsg${c.nsg}_bt${c.bt}_dq${c.btDq}${c.btDqs === 64 ? '' : `_ds${c.btDqs}`}_kv${c.nsgKv}x${c.btKv}${c.kvSplit ? '_split' : ''}${c.fwd1 ? '' : '_2pass'}${c.prefetch ? '' : '_nopf'}${c.dsStored ? '' : '_dqre'}${c.heavyFirst ? '_hf' : ''}${c.interleave ? '_il' : ''}${c.rowStats ? '_rs' : ''}${c.emulate ? '_emu' : ''}`;
+  return `nsg${c.nsg}_bt${c.bt}_dq${c.btDq}${c.btDqs === 64 ? '' : `_ds${c.btDqs}`}_kv${c.nsgKv}x${c.btKv}${c.kvSplit ? '_split' : ''}${c.fwd1 ? '' : '_2pass'}${c.prefetch ? '' : '_nopf'}${c.dsStored ? '' : '_dqre'}${c.heavyFirst ? '_hf' : ''}${c.interleave ? '_il' : ''}${c.rowStats ? '_rs' : ''}${c.pairs ? '_pr' : ''}${c.emulate ? '_emu' : ''}`;
 }
 
 // ---------------------------------------------------------------------------------------------------
@@ -260,6 +267,7 @@ export class FlashSgProgram implements OwnKernel {
     this.bt = keyOwner ? cfg.btKv : kind === 'dq' ? cfg.btDq : kind === 'dqs' ? cfg.btDqs : cfg.bt;
     this.wg = 32 * this.nsg;
     const bo = 16 * this.nsg;
+    if (cfg.pairs && kind === 'fwd' && (this.nsg % 2 !== 0 || headDim % 32 !== 0)) throw new RangeError(`flash attention (subgroup matrix): subgroup pairs need an even nsg (${this.nsg}) and head_dim a multiple of 32 (${headDim})`);
     if (PAD % bo !== 0 || PAD % this.bt !== 0 || this.bt % 16 !== 0) throw new RangeError(`flash attention (subgroup matrix): tiles ${bo} / ${this.bt} must divide ${PAD} and be multiples of 16`);
     const rows = padTo(keyOwner ? dims.S : dims.T);
     this.dispatch = cfg.heavyFirst ? [dims.H, rows / bo, dims.B] : [rows / bo, dims.H, dims.B];
@@ -289,11 +297,16 @@ export class FlashSgProgram implements OwnKernel {
     const SS = BT + 4, PS = BT / 8 + 1;
     const k = this.kind;
     const tl = (k === 'dqs' ? BT : Math.max(k === 'stats' ? BT : 2 * BT, BO)) * RS * 16;
-    const sc = (k === 'dqs' ? 0 : k === 'stats' || k === 'out' || k === 'fwd' || k === 'dv' ? 1 : 2) * this.nsg * 16 * SS * 4;
+    const sc = (k === 'dqs' ? 0 : this.pairedFwd() ? 2 : k === 'stats' || k === 'out' || k === 'fwd' || k === 'dv' ? 1 : 2) * this.nsg * 16 * SS * 4;
     const pc = (k === 'stats' || k === 'dqs' ? 0 : k === 'kv' ? 2 : 1) * this.nsg * 16 * PS * 16;
     const fw = k === 'fwd' ? BO * 4 + (this.cfg.emulate ? this.wg * 4 : 0) + 4 : 0;
     const rw = this.rowStats() ? BT * 16 : 0;
     return tl + sc + pc + fw + rw + 16;
+  }
+
+  /** The forward in subgroup pairs (config pairs). */
+  private pairedFwd(): boolean {
+    return this.cfg.pairs && this.kind === 'fwd';
   }
 
   /** kv / dk / dv staging the query rows' stats (config rowStats) */
@@ -303,7 +316,7 @@ export class FlashSgProgram implements OwnKernel {
 
   getUserCode(): string {
     const f = new Frag(this.cfg.emulate);
-    const body = this.kind === 'dqs' ? this.dqFromStored(f) : this.kind === 'stats' || this.kind === 'out' || this.kind === 'fwd' || this.kind === 'dq' ? this.queryOwner(f) : this.keyOwner(f);
+    const body = this.kind === 'dqs' ? this.dqFromStored(f) : this.pairedFwd() ? this.forwardPairs(f) : this.kind === 'stats' || this.kind === 'out' || this.kind === 'fwd' || this.kind === 'dq' ? this.queryOwner(f) : this.keyOwner(f);
     return `${f.header()}\n${body}`;
   }
 
@@ -319,7 +332,7 @@ export class FlashSgProgram implements OwnKernel {
     const k = this.kind;
     const ins = FlashSgProgram.inputs(k);
     const types: Record<string, string> = { Q16: 'array<vec4<u32>>', K16: 'array<vec4<u32>>', V16: 'array<vec4<u32>>', DO16: 'array<vec4<u32>>', DS: 'array<vec4<u32>>', DSO: 'array<vec4<u32>>', MI: 'array<i32>', ST: 'array<f32>', DL: 'array<f32>' };
-    const nsc = k === 'dqs' ? 0 : k === 'stats' || k === 'out' || k === 'fwd' || k === 'dv' ? 1 : 2;
+    const nsc = k === 'dqs' ? 0 : this.pairedFwd() ? 2 : k === 'stats' || k === 'out' || k === 'fwd' || k === 'dv' ? 1 : 2;
     const outs = this.outputs();
     const npc = k === 'stats' || k === 'dqs' ? 0 : k === 'kv' ? 2 : 1;
     const tlRows = k === 'dqs' ? BT : Math.max(k === 'stats' ? BT : 2 * BT, BO);
@@ -562,6 +575,150 @@ ${this.entry()}
   ${f.store('Sc', 'sg * 16u * SS', `acc${c}`, 'SS')}
   workgroupBarrier();
   for (var i = 0u; i < 8u; i++) { OUT[(qr0 + tq) * D + ${16 * c}u + lh * 8u + i] = Sc[srow + lh * 8u + i] * Al[lr * 16u + lrow]; }`)}` : lines(NF, (c) => f.store('OUT', `(qr0 + q0 + sg * 16u) * D + ${16 * c}u`, `acc${c}`, 'D'))}
+}
+
+/** The score of key \`key\` for query row \`t\` (batch b): scaled if visible, MASKED if not, FAR past the keys. */
+fn maskScore(s : f32, key : u32, t : u32, b : u32) -> f32 {
+  if (key >= u.S) { return FAR; }
+  if (key <= u.past + t && (u.masked == 0u || MI[b * u.S + key] != 0)) { return s * SCALE; }
+  return MASKED;
+}
+`;
+  }
+
+  /**
+   * fwd in subgroup pairs: pair pr owns query rows 32·pr..32·pr+31 of the workgroup's BO (two 16-row blocks
+   * rb), member hf = sg % 2 the head-dim half hf (NH fragments of 16). Each member multiplies its Q half
+   * with its half of every staged K fragment into partial scores (region hf of Sc), the lanes add the two
+   * partials (thread lid serves workgroup row lid / 32 · 16 + lid % 16 as in queryOwner), and P·V runs per
+   * member on its half of V with both row blocks' P: every staged K or V fragment feeds two multiplies.
+   * O's rescale and the final O / rowsum go through the member's own 32 rows of its Sc region.
+   */
+  private forwardPairs(f: Frag): string {
+    const { decl, fetch, put, np } = this.common(f);
+    const D = this.headDim, NH = D / 32, NT = this.bt / 16, BT = this.bt;
+    const pack = (vals: string[]) => `vec4<u32>(${range(4).map((i) => `pack2x16float(vec2<f32>(${vals[2 * i]}, ${vals[2 * i + 1]}))`).join(', ')})`;
+    const both = (g: (rb: number) => string) => range(2).map(g).join('\n    ');
+    const frag = (g: (rb: number, c: number) => string) => range(2).map((rb) => range(NH).map((c) => g(rb, c)).join('\n    ')).join('\n    ');
+    // the member's scratch: its Sc region, its pair's first 16 rows
+    const scratch = 'hf * SC1 + prow * SS';
+    const viaScratch = (rb: number, c: number, body: string) => `workgroupBarrier();
+      ${f.store('Sc', scratch, `acc${rb}_${c}`, 'SS')}
+      workgroupBarrier();
+      ${body}`;
+    return `${decl}
+
+${this.entry()}
+  let b = wid.z;
+  ${this.tileIds()}
+  if (q0 >= u.T) { return; }
+  let G = u.H / u.KV;
+  let qr0 = (b * u.H + h) * u.Tp;
+  let kr0 = (b * u.KV + h / G) * u.Sp;
+  let lr = lid / 32u;
+  let lrow = lid % 16u;
+  let lh = (lid % 32u) / 16u;
+  let tq = q0 + lr * 16u + lrow;
+  let srow = (lr * 16u + lrow) * SS;
+  let SC1 = BO * SS;                    // Sc region of the second half's partial scores
+  let prow = (sg / 2u) * 32u;           // the pair's first row in the workgroup
+  let hf = sg % 2u;                     // the head-dim half this member holds
+  if (lid == 0u) {
+    wgF = 0u;
+    var end = min(u.S, u.past + min(q0 + BO, u.T));
+    if (u.masked != 0u && u32(MI[u.B * u.S + b]) > u.past + q0) { end = u.S; }
+    wgU = end;
+  }
+  let kEnd = workgroupUniformLoad(&wgU);
+  for (var e = lid; e < BO * DV; e += WG) {
+    let r = e / DV;
+    Tl[r * RS + e % DV] = Q16[(qr0 + q0 + r) * DV + e % DV];
+  }
+  workgroupBarrier();
+  ${frag((rb, c) => `let qf${rb}_${c} = ${f.load('SL', 'Tl', 'row', `(prow + ${16 * rb}u) * RS + (hf * ${NH}u + ${c}u) * 2u`, 'RS')};`)}
+  var lm = FAR;
+  var ll = 0.0;
+  ${frag((rb, c) => `var acc${rb}_${c} = SA();`)}
+  ${this.cfg.prefetch ? `var pk : array<vec4<u32>, ${np}>;
+  var pv : array<vec4<u32>, ${np}>;
+  ${fetch('pk', 'K16', 'kr0')}
+  ${fetch('pv', 'V16', 'kr0')}` : ''}
+  for (var k0 = 0u; k0 < kEnd; k0 += BT) {
+    workgroupBarrier();
+    if (lid == 0u) { wgF = 0u; }
+    ${this.cfg.prefetch ? `${put('pk', '0u')}
+    ${put('pv', 'BT * RS')}` : `for (var e = lid; e < BT * DV; e += WG) {
+      let r = e / DV;
+      Tl[r * RS + e % DV] = K16[(kr0 + k0 + r) * DV + e % DV];
+      Tl[BT * RS + r * RS + e % DV] = V16[(kr0 + k0 + r) * DV + e % DV];
+    }`}
+    workgroupBarrier();
+    ${this.cfg.prefetch ? `if (k0 + BT < kEnd) {
+      ${fetch('pk', 'K16', 'kr0 + k0 + BT')}
+      ${fetch('pv', 'V16', 'kr0 + k0 + BT')}
+    }` : ''}
+    {
+      ${range(2).map((rb) => lines(NT, (j) => `var s${rb}_${j} = SA();`)).join('\n      ')}
+      ${lines(NH, (c) => lines(NT, (j) => `{
+        let kf = ${f.load('SR', 'Tl', 'col', `${16 * j}u * RS + (hf * ${NH}u + ${c}u) * 2u`, 'RS')};
+        ${both((rb) => `s${rb}_${j} = ${f.mma(`qf${rb}_${c}`, 'kf', `s${rb}_${j}`)};`)}
+      }`))}
+      ${range(2).map((rb) => lines(NT, (j) => f.store('Sc', `hf * SC1 + (prow + ${16 * rb}u) * SS + ${16 * j}u`, `s${rb}_${j}`, 'SS'))).join('\n      ')}
+    }
+    workgroupBarrier();
+    {
+      var tmax = FAR;
+      var xs : array<f32, ${BT / 2}>;
+      for (var c = 0u; c < HALF; c++) {
+        let col = lh * HALF + c;
+        let x = maskScore(Sc[srow + col] + Sc[SC1 + srow + col], k0 + col, tq, b);
+        xs[c] = x;
+        tmax = max(tmax, x);
+      }
+      ${f.partner('tmax1', 'tmax')}
+      let rmax = max(tmax, tmax1);
+      var alpha = 1.0;
+      if (rmax > lm + TAU) {
+        if (lm > 0.5 * FAR) { wgF = 1u; }   // O holds weights of the old reference: rescale it
+        alpha = exp(lm - rmax);
+        lm = rmax;
+      }
+      if (lh == 0u) { Al[lr * 16u + lrow] = alpha; }
+      ll *= alpha;
+      for (var g = 0u; g < HALF / 8u; g++) {
+        var v : array<f32, 8>;
+        for (var i = 0u; i < 8u; i++) {
+          let p = exp(xs[g * 8u + i] - lm);
+          v[i] = p;
+          ll += p;
+        }
+        Pc[(lr * 16u + lrow) * PS + lh * (HALF / 8u) + g] = ${pack(range(8).map((i) => `v[${i}]`))};
+      }
+    }
+    // workgroupUniformLoad is itself a workgroup barrier: P and Al are visible after it
+    if (workgroupUniformLoad(&wgF) != 0u) {
+      // some row's reference max moved: this member's O *= alpha per row, fragment by fragment
+      ${frag((rb, c) => `${viaScratch(rb, c, `for (var i = 0u; i < 8u; i++) { Sc[${scratch} + lrow * SS + lh * 8u + i] *= Al[prow + ${16 * rb}u + lrow]; }
+      workgroupBarrier();
+      acc${rb}_${c} = ${f.loadAcc('Sc', scratch, 'SS')};`)}`)}
+    }
+    ${lines(NT, (j) => `{
+      ${both((rb) => `let pf${rb} = ${f.load('SL', 'Pc', 'row', `(prow + ${16 * rb}u) * PS + ${2 * j}u`, 'PS')};`)}
+      ${lines(NH, (c) => `{
+        let vf = ${f.load('SR', 'Tl', 'row', `BT * RS + ${16 * j}u * RS + (hf * ${NH}u + ${c}u) * 2u`, 'RS')};
+        ${both((rb) => `acc${rb}_${c} = ${f.mma(`pf${rb}`, 'vf', `acc${rb}_${c}`)};`)}
+      }`)}
+    }`)}
+  }
+  ${f.partner('ll1', 'll')}
+  let lsum = ll + ll1;
+  if (lh == 0u) {
+    Al[lr * 16u + lrow] = 1.0 / lsum;
+    STO[2u * (qr0 + tq)] = lm;
+    STO[2u * (qr0 + tq) + 1u] = log(lsum);
+  }
+  // O / rowsum, fragment by fragment through the member's scratch
+  ${frag((rb, c) => viaScratch(rb, c, `for (var i = 0u; i < 8u; i++) { OUT[(qr0 + q0 + prow + ${16 * rb}u + lrow) * D + (hf * ${NH}u + ${c}u) * 16u + lh * 8u + i] = Sc[${scratch} + lrow * SS + lh * 8u + i] * Al[prow + ${16 * rb}u + lrow]; }`))}
 }
 
 /** The score of key \`key\` for query row \`t\` (batch b): scaled if visible, MASKED if not, FAR past the keys. */

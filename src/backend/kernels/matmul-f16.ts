@@ -50,6 +50,8 @@ export interface SgTile {
   sgN: number;
   /** 2: double-buffered workgroup memory; 1: one buffer, next tile prefetched into registers */
   stages: 1 | 2;
+  /** stages 1: how many k steps ahead the registers hold (2: two register sets, the loop unrolled by two) */
+  prefetch?: 1 | 2;
 }
 
 export type SgForm = 'new' | 'old';
@@ -66,15 +68,15 @@ export interface SgOptions {
 }
 
 export function sgTileKey(t: SgTile): string {
-  return `${t.tileM}x${t.tileN}x${t.tileK}_sg${t.sgM}x${t.sgN}_s${t.stages}`;
+  return `${t.tileM}x${t.tileN}x${t.tileK}_sg${t.sgM}x${t.sgN}_s${t.stages}${t.prefetch === 2 ? 'p2' : ''}`;
 }
 
-/** Parses `128x128x32_sg2x2_s2` (as {@link sgTileKey} writes it). */
+/** Parses `128x128x32_sg2x2_s2` or `…_s1p2` (as {@link sgTileKey} writes it). */
 export function parseSgTile(s: string): SgTile {
-  const m = /^(\d+)x(\d+)x(\d+)_sg(\d+)x(\d+)_s([12])$/.exec(s);
-  if (!m) throw new RangeError(`subgroup-matrix tile '${s}': expected e.g. 128x128x32_sg2x2_s2`);
-  const [tileM, tileN, tileK, sgM, sgN, stages] = m.slice(1).map(Number);
-  return { tileM, tileN, tileK, sgM, sgN, stages: stages as 1 | 2 };
+  const m = /^(\d+)x(\d+)x(\d+)_sg(\d+)x(\d+)_s(1p2|[12])$/.exec(s);
+  if (!m) throw new RangeError(`subgroup-matrix tile '${s}': expected e.g. 128x128x32_sg2x2_s2 or 128x128x32_sg2x2_s1p2`);
+  const [tileM, tileN, tileK, sgM, sgN] = m.slice(1, 6).map(Number);
+  return m[6] === '1p2' ? { tileM, tileN, tileK, sgM, sgN, stages: 1, prefetch: 2 } : { tileM, tileN, tileK, sgM, sgN, stages: Number(m[6]) as 1 | 2 };
 }
 
 /** Workgroup-memory bytes a tile needs (staging + the edge scratch). */
@@ -246,7 +248,7 @@ export class SgMatmulProgram implements OwnProgram {
     const perA = (g.aRows * g.aChunks) / g.wg, perB = (g.bRows * g.bChunks) / g.wg;
 
     // --- global → registers: chunk c of the tile is (row c / chunks, chunk c % chunks) in stored layout
-    const fetchChunk = (op: 'A' | 'B', r: number) => {
+    const fetchChunk = (op: 'A' | 'B', r: number, set: string) => {
       const [chunks, wgN] = op === 'A' ? [g.aChunks, g.wg] : [g.bChunks, g.wg];
       const lay = op === 'A' ? a : b;
       // stored row index / first column (element units) of this chunk, and bounds
@@ -260,7 +262,7 @@ export class SgMatmulProgram implements OwnProgram {
       }
       const ld = op === 'A' ? 'dims.lda' : 'dims.ldb';
       const base = op === 'A' ? 'aBase' : 'bBase';
-      const reg = `${op === 'A' ? 'pa' : 'pb'}${r}`;
+      const reg = `${set}${op === 'A' ? 'a' : 'b'}${r}`;
       const head = `{ let c = tid + ${r * wgN}u; let rr = c / ${chunks}u; let cc = c % ${chunks}u; let gr = ${row}; let gc = ${col};`;
       if (load === 'vec8') {
         return `${head}
@@ -271,19 +273,21 @@ export class SgMatmulProgram implements OwnProgram {
       return `${head} let ok = gr < ${rowLim};
           ${reg} = vec4<u32>(${range(4).map((q) => `bitcast<u32>(vec2<f16>(${h[2 * q]}, ${h[2 * q + 1]}))`).join(',\n            ')}); }`;
     };
-    const fetch = [...range(perA).map((r) => fetchChunk('A', r)), ...range(perB).map((r) => fetchChunk('B', r))].join('\n        ');
+    // register sets: p (and q under prefetch 2), chunks pa0.., pb0..
+    const fetchSet = (set: string) => [...range(perA).map((r) => fetchChunk('A', r, set)), ...range(perB).map((r) => fetchChunk('B', r, set))].join('\n        ');
+    const fetch = fetchSet('p');
 
     // --- registers → workgroup memory (stage `buf`)
-    const stageChunk = (op: 'A' | 'B', r: number, buf: string) => {
+    const stageChunk = (op: 'A' | 'B', r: number, buf: string, set = 'p') => {
       const [chunks, stride, size] = op === 'A' ? [g.aChunks, g.aStride, g.aSize] : [g.bChunks, g.bStride, g.bSize];
       const arr = op === 'A' ? 'As' : 'Bs';
-      const reg = `${op === 'A' ? 'pa' : 'pb'}${r}`;
+      const reg = `${set}${op === 'A' ? 'a' : 'b'}${r}`;
       const at = `${buf} * ${size}u + (c / ${chunks}u) * ${stride}u + c % ${chunks}u`;
       if (neu) return `{ let c = tid + ${r * g.wg}u; ${arr}[${at}] = ${reg}; }`;
       return `{ let c = tid + ${r * g.wg}u; let e = (${at}) * 8u;
           ${range(4).map((q) => `let h${q} = bitcast<vec2<f16>>(${reg}[${q}]); ${arr}[e + ${2 * q}u] = h${q}.x; ${arr}[e + ${2 * q + 1}u] = h${q}.y;`).join('\n          ')} }`;
     };
-    const stage = (buf: string) => [...range(perA).map((r) => stageChunk('A', r, buf)), ...range(perB).map((r) => stageChunk('B', r, buf))].join('\n        ');
+    const stage = (buf: string, set = 'p') => [...range(perA).map((r) => stageChunk('A', r, buf, set)), ...range(perB).map((r) => stageChunk('B', r, buf, set))].join('\n        ');
 
     // --- fragments of step kk (in halves) from stage `buf`
     const loadFn = (type: string, colMajor: boolean, off: string, stride: number) => (neu
@@ -314,7 +318,33 @@ export class SgMatmulProgram implements OwnProgram {
         }
         workgroupBarrier();
       }`;
-    const mainLoop = stages === 2
+    // prefetch 2: register sets p and q alternate, each loaded two k steps before it is staged
+    const prefetch2 = `${fetch}
+      if (1u < nk) {
+        let k0 = ${BK}u;
+        ${fetchSet('q')}
+      }
+      for (var kt = 0u; kt < nk; kt = kt + 2u) {
+        ${stage('0u', 'p')}
+        workgroupBarrier();
+        if (kt + 2u < nk) {
+          let k0 = (kt + 2u) * ${BK}u;
+          ${fetchSet('p')}
+        }
+        ${compute('0u')}
+        workgroupBarrier();
+        if (kt + 1u < nk) {
+          ${stage('0u', 'q')}
+          workgroupBarrier();
+          if (kt + 3u < nk) {
+            let k0 = (kt + 3u) * ${BK}u;
+            ${fetchSet('q')}
+          }
+          ${compute('0u')}
+          workgroupBarrier();
+        }
+      }`;
+    const mainLoop = stages === 1 && t.prefetch === 2 ? prefetch2 : stages === 2
       ? `${fetch}
       ${stage('0u')}
       workgroupBarrier();
@@ -388,6 +418,7 @@ fn main(@builtin(local_invocation_index) tid : u32, @builtin(workgroup_id) wid :
   ${range(g.fm).flatMap((i) => range(g.fn).map((j) => `var acc_${i}_${j} = SA();`)).join(' ')}
   ${range(perA).map((r) => `var pa${r} : vec4<u32>;`).join(' ')}
   ${range(perB).map((r) => `var pb${r} : vec4<u32>;`).join(' ')}
+  ${t.prefetch === 2 ? [...range(perA).map((r) => `var qa${r} : vec4<u32>;`), ...range(perB).map((r) => `var qb${r} : vec4<u32>;`)].join(' ') : ''}
   {
     let k0 = 0u;
     ${mainLoop}

@@ -130,6 +130,8 @@ export function sgConfigKey(c: SgAttentionConfig): string {
 // WGSL generation
 
 const range = (n: number) => Array.from({ length: n }, (_, i) => i);
+/** WGSL of 8 f32 values (WGSL expressions) packed as f16 into one vec4<u32>. */
+const packF16x8 = (vals: string[]) => `vec4<u32>(${range(4).map((i) => `pack2x16float(vec2<f32>(${vals[2 * i]}, ${vals[2 * i + 1]}))`).join(', ')})`;
 const lines = (n: number, f: (i: number) => string) => range(n).map(f).join('\n');
 
 type Kind = 'fwd' | 'stats' | 'out' | 'dq' | 'dqs' | 'kv' | 'dk' | 'dv';
@@ -234,6 +236,13 @@ const UNIFORMS = `struct U { B : u32, H : u32, KV : u32, T : u32, S : u32, Tp : 
 function uniformWords(B: number, H: number, KV: number, T: number, S: number, past: number, masked: boolean): Uint32Array {
   return Uint32Array.from([B, H, KV, T, S, padTo(T), padTo(S), past, masked ? 1 : 0]);
 }
+
+/** The score of key `key` for query row `t` (batch b): scaled if visible, MASKED if not, FAR past the keys. */
+const MASK_SCORE_WGSL = `fn maskScore(s : f32, key : u32, t : u32, b : u32) -> f32 {
+  if (key >= u.S) { return FAR; }
+  if (key <= u.past + t && (u.masked == 0u || MI[b * u.S + key] != 0)) { return s * SCALE; }
+  return MASKED;
+}`;
 
 /** Rescale threshold of the one-pass forward: P = exp(s − m) stays ≤ e^TAU (f16 holds it) while m lags the row max. */
 const TAU = 8;
@@ -431,36 +440,9 @@ fn main(@builtin(local_invocation_index) lid : u32, @builtin(workgroup_id) wid :
     const pf = this.cfg.prefetch, withV = k !== 'stats';
     const fetchKV = (k0: string) => `${fetch('pk', 'K16', `kr0 + ${k0}`)}
     ${withV ? fetch('pv', 'V16', `kr0 + ${k0}`) : ''}`;
-    const pack = (vals: string[]) => `vec4<u32>(${range(4).map((i) => `pack2x16float(vec2<f32>(${vals[2 * i]}, ${vals[2 * i + 1]}))`).join(', ')})`;
     // lane step: thread lid serves region lr (a subgroup's 16 rows), row lrow, columns lh·HALF..
     const laneStep = k === 'fwd'
-      ? `var tmax = FAR;
-      var xs : array<f32, ${BT / 2}>;
-      for (var c = 0u; c < HALF; c++) {
-        let col = lh * HALF + c;
-        let x = maskScore(Sc[srow + col], k0 + col, tq, b);
-        xs[c] = x;
-        tmax = max(tmax, x);
-      }
-      ${f.partner('tmax1', 'tmax')}
-      let rmax = max(tmax, tmax1);
-      var alpha = 1.0;
-      if (rmax > lm + TAU) {
-        if (lm > 0.5 * FAR) { wgF = 1u; }   // O holds weights of the old reference: rescale it
-        alpha = exp(lm - rmax);
-        lm = rmax;
-      }
-      if (lh == 0u) { Al[lr * 16u + lrow] = alpha; }
-      ll *= alpha;
-      for (var g = 0u; g < HALF / 8u; g++) {
-        var v : array<f32, 8>;
-        for (var i = 0u; i < 8u; i++) {
-          let p = exp(xs[g * 8u + i] - lm);
-          v[i] = p;
-          ll += p;
-        }
-        Pc[lr * 16u * PS + lrow * PS + lh * (HALF / 8u) + g] = ${pack(range(8).map((i) => `v[${i}]`))};
-      }`
+      ? this.onlineSoftmax(f, 'Sc[srow + col]')
       : k === 'stats'
       ? `var tmax = FAR;
       var xs : array<f32, ${BT / 2}>;
@@ -482,30 +464,13 @@ fn main(@builtin(local_invocation_index) lid : u32, @builtin(workgroup_id) wid :
           let p = exp((maskScore(Sc[srow + col], k0 + col, tq, b) - rm) - rl);
           ${k === 'out' ? 'v[i] = p;' : 'v[i] = p * (Sc[DP + srow + col] - rd) * SCALE;'}
         }
-        Pc[lr * 16u * PS + lrow * PS + lh * (HALF / 8u) + g] = ${pack(range(8).map((i) => `v[${i}]`))};
+        Pc[lr * 16u * PS + lrow * PS + lh * (HALF / 8u) + g] = ${packF16x8(range(8).map((i) => `v[${i}]`))};
       }`;
     return `${decl}
 
 ${this.entry()}
-  let b = wid.z;
-  ${this.tileIds()}
-  if (q0 >= u.T) { return; }
-  let G = u.H / u.KV;
-  let qr0 = (b * u.H + h) * u.Tp;
-  let kr0 = (b * u.KV + h / G) * u.Sp;
-  let lr = lid / 32u;
-  let lrow = lid % 16u;
-  let lh = (lid % 32u) / 16u;
-  let tq = q0 + lr * 16u + lrow;
-  let srow = (lr * 16u + lrow) * SS;
+${this.queryPreamble()}
   let DP = ${16 * this.nsg}u * SS;
-  if (lid == 0u) {
-    ${k === 'fwd' ? 'wgF = 0u;' : ''}
-    var end = min(u.S, u.past + min(q0 + BO, u.T));
-    if (u.masked != 0u && u32(MI[u.B * u.S + b]) > u.past + q0) { end = u.S; }
-    wgU = end;
-  }
-  let kEnd = workgroupUniformLoad(&wgU);
   ${stage('Q16', 'qr0 + q0', 'BO', '0u')}
   workgroupBarrier();
   ${lines(NF, (c) => `let qf${c} = ${f.load('SL', 'Tl', 'row', `(sg * 16u) * RS + ${2 * c}u`, 'RS')};`)}
@@ -577,13 +542,78 @@ ${this.entry()}
   for (var i = 0u; i < 8u; i++) { OUT[(qr0 + tq) * D + ${16 * c}u + lh * 8u + i] = Sc[srow + lh * 8u + i] * Al[lr * 16u + lrow]; }`)}` : lines(NF, (c) => f.store('OUT', `(qr0 + q0 + sg * 16u) * D + ${16 * c}u`, `acc${c}`, 'D'))}
 }
 
-/** The score of key \`key\` for query row \`t\` (batch b): scaled if visible, MASKED if not, FAR past the keys. */
-fn maskScore(s : f32, key : u32, t : u32, b : u32) -> f32 {
-  if (key >= u.S) { return FAR; }
-  if (key <= u.past + t && (u.masked == 0u || MI[b * u.S + key] != 0)) { return s * SCALE; }
-  return MASKED;
-}
-`;
+${MASK_SCORE_WGSL}`;
+  }
+
+  /**
+   * The start of the query- and key-owner kernels: batch b, head h, the workgroup's first owned row (q0
+   * or k0; the workgroup returns when it is past the rows), the rows' offsets qr0 / kr0, and the lane-step
+   * row this thread serves (lr, lrow, lh; tq or kk, srow).
+   */
+  private ownerPreamble(): string {
+    const key = this.kind === 'kv' || this.kind === 'dk' || this.kind === 'dv';
+    return `  let b = wid.z;
+  ${this.tileIds()}
+  ${key ? 'if (k0 >= u.S) { return; }' : 'if (q0 >= u.T) { return; }'}
+  let G = u.H / u.KV;
+  let qr0 = (b * u.H + h) * u.Tp;
+  let kr0 = (b * u.KV + h / G) * u.Sp;
+  let lr = lid / 32u;
+  let lrow = lid % 16u;
+  let lh = (lid % 32u) / 16u;
+  ${key ? 'let kk = k0 + lr * 16u + lrow;        // the key this thread serves in lane steps' : 'let tq = q0 + lr * 16u + lrow;'}
+  let srow = (lr * 16u + lrow) * SS;`;
+  }
+
+  /**
+   * Statements shared by the query-owner kernels: batch b, head h, first row q0 (returning past T), the
+   * row offsets qr0 / kr0, the lane-step row of this thread (lr, lrow, lh; tq, srow), and kEnd, the end
+   * of the causal (or padded) key range of the workgroup's rows.
+   */
+  private queryPreamble(): string {
+    return `${this.ownerPreamble()}
+  if (lid == 0u) {
+    ${this.kind === 'fwd' ? 'wgF = 0u;' : ''}
+    var end = min(u.S, u.past + min(q0 + BO, u.T));
+    if (u.masked != 0u && u32(MI[u.B * u.S + b]) > u.past + q0) { end = u.S; }
+    wgU = end;
+  }
+  let kEnd = workgroupUniformLoad(&wgU);`;
+  }
+
+  /**
+   * The one-pass forward's lane step over the tile's scores (\`score\`: the WGSL of column col's raw score
+   * in this thread's row): mask, the row's tile max against the reference max lm (raised, with the rescale
+   * flag, only past TAU), P = exp(s − lm) packed to f16 into Pc, the running row sum ll.
+   */
+  private onlineSoftmax(f: Frag, score: string): string {
+    return `var tmax = FAR;
+      var xs : array<f32, ${this.bt / 2}>;
+      for (var c = 0u; c < HALF; c++) {
+        let col = lh * HALF + c;
+        let x = maskScore(${score}, k0 + col, tq, b);
+        xs[c] = x;
+        tmax = max(tmax, x);
+      }
+      ${f.partner('tmax1', 'tmax')}
+      let rmax = max(tmax, tmax1);
+      var alpha = 1.0;
+      if (rmax > lm + TAU) {
+        if (lm > 0.5 * FAR) { wgF = 1u; }   // O holds weights of the old reference: rescale it
+        alpha = exp(lm - rmax);
+        lm = rmax;
+      }
+      if (lh == 0u) { Al[lr * 16u + lrow] = alpha; }
+      ll *= alpha;
+      for (var g = 0u; g < HALF / 8u; g++) {
+        var v : array<f32, 8>;
+        for (var i = 0u; i < 8u; i++) {
+          let p = exp(xs[g * 8u + i] - lm);
+          v[i] = p;
+          ll += p;
+        }
+        Pc[(lr * 16u + lrow) * PS + lh * (HALF / 8u) + g] = ${packF16x8(range(8).map((i) => `v[${i}]`))};
+      }`;
   }
 
   /**
@@ -597,7 +627,6 @@ fn maskScore(s : f32, key : u32, t : u32, b : u32) -> f32 {
   private forwardPairs(f: Frag): string {
     const { decl, fetch, put, np } = this.common(f);
     const D = this.headDim, NH = D / 32, NT = this.bt / 16, BT = this.bt;
-    const pack = (vals: string[]) => `vec4<u32>(${range(4).map((i) => `pack2x16float(vec2<f32>(${vals[2 * i]}, ${vals[2 * i + 1]}))`).join(', ')})`;
     const both = (g: (rb: number) => string) => range(2).map(g).join('\n    ');
     const frag = (g: (rb: number, c: number) => string) => range(2).map((rb) => range(NH).map((c) => g(rb, c)).join('\n    ')).join('\n    ');
     // the member's scratch: its Sc region, its pair's first 16 rows
@@ -609,27 +638,10 @@ fn maskScore(s : f32, key : u32, t : u32, b : u32) -> f32 {
     return `${decl}
 
 ${this.entry()}
-  let b = wid.z;
-  ${this.tileIds()}
-  if (q0 >= u.T) { return; }
-  let G = u.H / u.KV;
-  let qr0 = (b * u.H + h) * u.Tp;
-  let kr0 = (b * u.KV + h / G) * u.Sp;
-  let lr = lid / 32u;
-  let lrow = lid % 16u;
-  let lh = (lid % 32u) / 16u;
-  let tq = q0 + lr * 16u + lrow;
-  let srow = (lr * 16u + lrow) * SS;
+${this.queryPreamble()}
   let SC1 = BO * SS;                    // Sc region of the second half's partial scores
   let prow = (sg / 2u) * 32u;           // the pair's first row in the workgroup
   let hf = sg % 2u;                     // the head-dim half this member holds
-  if (lid == 0u) {
-    wgF = 0u;
-    var end = min(u.S, u.past + min(q0 + BO, u.T));
-    if (u.masked != 0u && u32(MI[u.B * u.S + b]) > u.past + q0) { end = u.S; }
-    wgU = end;
-  }
-  let kEnd = workgroupUniformLoad(&wgU);
   for (var e = lid; e < BO * DV; e += WG) {
     let r = e / DV;
     Tl[r * RS + e % DV] = Q16[(qr0 + q0 + r) * DV + e % DV];
@@ -667,33 +679,7 @@ ${this.entry()}
     }
     workgroupBarrier();
     {
-      var tmax = FAR;
-      var xs : array<f32, ${BT / 2}>;
-      for (var c = 0u; c < HALF; c++) {
-        let col = lh * HALF + c;
-        let x = maskScore(Sc[srow + col] + Sc[SC1 + srow + col], k0 + col, tq, b);
-        xs[c] = x;
-        tmax = max(tmax, x);
-      }
-      ${f.partner('tmax1', 'tmax')}
-      let rmax = max(tmax, tmax1);
-      var alpha = 1.0;
-      if (rmax > lm + TAU) {
-        if (lm > 0.5 * FAR) { wgF = 1u; }   // O holds weights of the old reference: rescale it
-        alpha = exp(lm - rmax);
-        lm = rmax;
-      }
-      if (lh == 0u) { Al[lr * 16u + lrow] = alpha; }
-      ll *= alpha;
-      for (var g = 0u; g < HALF / 8u; g++) {
-        var v : array<f32, 8>;
-        for (var i = 0u; i < 8u; i++) {
-          let p = exp(xs[g * 8u + i] - lm);
-          v[i] = p;
-          ll += p;
-        }
-        Pc[(lr * 16u + lrow) * PS + lh * (HALF / 8u) + g] = ${pack(range(8).map((i) => `v[${i}]`))};
-      }
+      ${this.onlineSoftmax(f, 'Sc[srow + col] + Sc[SC1 + srow + col]')}
     }
     // workgroupUniformLoad is itself a workgroup barrier: P and Al are visible after it
     if (workgroupUniformLoad(&wgF) != 0u) {
@@ -721,13 +707,7 @@ ${this.entry()}
   ${frag((rb, c) => viaScratch(rb, c, `for (var i = 0u; i < 8u; i++) { OUT[(qr0 + q0 + prow + ${16 * rb}u + lrow) * D + (hf * ${NH}u + ${c}u) * 16u + lh * 8u + i] = Sc[${scratch} + lrow * SS + lh * 8u + i] * Al[prow + ${16 * rb}u + lrow]; }`))}
 }
 
-/** The score of key \`key\` for query row \`t\` (batch b): scaled if visible, MASKED if not, FAR past the keys. */
-fn maskScore(s : f32, key : u32, t : u32, b : u32) -> f32 {
-  if (key >= u.S) { return FAR; }
-  if (key <= u.past + t && (u.masked == 0u || MI[b * u.S + key] != 0)) { return s * SCALE; }
-  return MASKED;
-}
-`;
+${MASK_SCORE_WGSL}`;
   }
 
   /**
@@ -794,23 +774,12 @@ ${this.entry()}
     ${fetch('pd', 'DO16', `qr0 + ${q0}`)}
     ${rs ? `if (lid < BT) { pr = ${stats(q0)}; }` : ''}`;
     const D = this.headDim, NF = D / 16, NT = this.bt / 16;
-    const pack = (vals: string[]) => `vec4<u32>(${range(4).map((i) => `pack2x16float(vec2<f32>(${vals[2 * i]}, ${vals[2 * i + 1]}))`).join(', ')})`;
     // Pc regions: P at 0 (dv), dS at PD (dk)
     const PD = dv ? `${16 * this.nsg}u * PS` : '0u';
     return `${decl}
 
 ${this.entry()}
-  let b = wid.z;
-  ${this.tileIds()}
-  if (k0 >= u.S) { return; }
-  let G = u.H / u.KV;
-  let qr0 = (b * u.H + h) * u.Tp;
-  let kr0 = (b * u.KV + h / G) * u.Sp;
-  let lr = lid / 32u;
-  let lrow = lid % 16u;
-  let lh = (lid % 32u) / 16u;
-  let kk = k0 + lr * 16u + lrow;        // the key this thread serves in lane steps
-  let srow = (lr * 16u + lrow) * SS;
+${this.ownerPreamble()}
   let DP = ${16 * this.nsg}u * SS;
   var keyOk = false;
   if (kk < u.S) { keyOk = u.masked == 0u || MI[b * u.S + kk] != 0; }
@@ -876,8 +845,8 @@ ${this.entry()}
         }
         ${dv ? 'pv[i] = p;' : ''}
       }
-      ${dv ? `Pc[lr * 16u * PS + lrow * PS + lh * (HALF / 8u) + g] = ${pack(range(8).map((i) => `pv[${i}]`))};` : ''}
-      ${dk ? `let sp = ${pack(range(8).map((i) => `sv[${i}]`))};
+      ${dv ? `Pc[lr * 16u * PS + lrow * PS + lh * (HALF / 8u) + g] = ${packF16x8(range(8).map((i) => `pv[${i}]`))};` : ''}
+      ${dk ? `let sp = ${packF16x8(range(8).map((i) => `sv[${i}]`))};
       Pc[${PD} + lr * 16u * PS + lrow * PS + lh * (HALF / 8u) + g] = sp;
       ${this.cfg.dsStored ? 'DSO[((b * u.H + h) * u.Sp + kk) * (u.Tp / 8u) + (q0 + lh * HALF + g * 8u) / 8u] = sp;' : ''}` : ''}
     }

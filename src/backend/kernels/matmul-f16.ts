@@ -319,29 +319,24 @@ export class SgMatmulProgram implements OwnProgram {
         workgroupBarrier();
       }`;
     // prefetch 2: register sets p and q alternate, each loaded two k steps before it is staged
+    // one k step from register set `set`, which then loads the step `ahead` steps on
+    const fromSet = (set: string, ahead: number) => `${stage('0u', set)}
+        workgroupBarrier();
+        if (kt + ${ahead}u < nk) {
+          let k0 = (kt + ${ahead}u) * ${BK}u;
+          ${fetchSet(set)}
+        }
+        ${compute('0u')}
+        workgroupBarrier();`;
     const prefetch2 = `${fetch}
       if (1u < nk) {
         let k0 = ${BK}u;
         ${fetchSet('q')}
       }
       for (var kt = 0u; kt < nk; kt = kt + 2u) {
-        ${stage('0u', 'p')}
-        workgroupBarrier();
-        if (kt + 2u < nk) {
-          let k0 = (kt + 2u) * ${BK}u;
-          ${fetchSet('p')}
-        }
-        ${compute('0u')}
-        workgroupBarrier();
+        ${fromSet('p', 2)}
         if (kt + 1u < nk) {
-          ${stage('0u', 'q')}
-          workgroupBarrier();
-          if (kt + 3u < nk) {
-            let k0 = (kt + 3u) * ${BK}u;
-            ${fetchSet('q')}
-          }
-          ${compute('0u')}
-          workgroupBarrier();
+          ${fromSet('q', 3)}
         }
       }`;
     const mainLoop = stages === 1 && t.prefetch === 2 ? prefetch2 : stages === 2

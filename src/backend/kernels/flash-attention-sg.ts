@@ -1127,8 +1127,12 @@ export interface FlashSgOptions {
  * with 16-query kv tiles (≤ 34 KiB at head_dim 128), else undefined (the fp32 kernels run).
  */
 export function sgConfigFor(D: number, workgroupBytes: number): SgAttentionConfig | undefined {
-  return [DEFAULT_SG_CONFIG, { ...DEFAULT_SG_CONFIG, btKv: 16 }].find((c) => sgWorkgroupBytes(D, c) <= workgroupBytes);
+  const key = `${D}:${workgroupBytes}`;
+  if (!configFor.has(key)) configFor.set(key, [DEFAULT_SG_CONFIG, { ...DEFAULT_SG_CONFIG, btKv: 16 }].find((c) => sgWorkgroupBytes(D, c) <= workgroupBytes));
+  return configFor.get(key);
 }
+/** sgConfigFor's answers (it runs on every attention call). */
+const configFor = new Map<string, SgAttentionConfig | undefined>();
 
 /** Workgroup bytes the largest kernel of `cfg` needs at head dim D. */
 export function sgWorkgroupBytes(D: number, cfg: SgAttentionConfig): number {

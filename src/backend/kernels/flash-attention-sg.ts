@@ -86,21 +86,35 @@ export interface SgAttentionConfig {
    * multiplies instead of one
    */
   pairs: boolean;
+  /**
+   * fwd and kv: the score scratch is read four columns at a time (vec4, no bank conflicts) and tiles whose
+   * keys every row of the subgroup sees, with no padding, skip the per-score masking (the lane step's cost)
+   */
+  vec4: boolean;
+  /** dqs: a subgroup owns 32 query rows (two dS fragments per key block): each staged K fragment feeds two multiplies */
+  dqsRows2: boolean;
+  /** dqs: each key tile's dS block staged through workgroup memory (coalesced 16-byte loads) instead of fragments loaded from global memory */
+  dsStaged: boolean;
+  /**
+   * fwd (with prefetch): V double-buffered in workgroup memory, the next tile's K and V stored while the
+   * lane step runs: two workgroup barriers per key tile instead of five
+   */
+  doubleV: boolean;
   /** plain-WGSL stand-ins for the subgroup-matrix builtins (lavapipe) */
   emulate: boolean;
 }
 
 // the fastest of those measured (bench/results/2026-11-28-attention.md); ≤ 46 KiB of workgroup memory at head_dim 128
-// (the kv kernel: 32-query tiles); `nsg4_bt32_dq16_kv4x32_hf_il_rs`
-export const DEFAULT_SG_CONFIG: SgAttentionConfig = { nsg: 4, bt: 32, btDq: 16, btDqs: 64, nsgKv: 4, btKv: 32, kvSplit: false, fwd1: true, prefetch: true, dsStored: true, heavyFirst: true, interleave: true, rowStats: true, pairs: false, emulate: false };
+// (the kv kernel: 32-query tiles); `nsg4_bt32_dq16_kv4x32_hf_il_rs_v4_dr2_dsw_db`
+export const DEFAULT_SG_CONFIG: SgAttentionConfig = { nsg: 4, bt: 32, btDq: 16, btDqs: 64, nsgKv: 4, btKv: 32, kvSplit: false, fwd1: true, prefetch: true, dsStored: true, heavyFirst: true, interleave: true, rowStats: true, pairs: false, vec4: true, dqsRows2: true, dsStaged: true, doubleV: true, emulate: false };
 
 /**
- * Parses `nsg4_bt64_dq32_ds64_kv4x32[_split][_2pass][_nopf][_dqre][_hf][_il][_rs][_pr][_emu]` (what
- * sgConfigKey writes): missing tile sizes and switches keep the defaults, except hf, il, rs and pr, which
+ * Parses `nsg4_bt64_dq32_ds64_kv4x32[_split][_2pass][_nopf][_dqre][_hf][_il][_rs][_pr][_v4][_dr2][_dsw][_db][_emu]`
+ * (what sgConfigKey writes): missing tile sizes and switches keep the defaults, except the switches from hf on, which
  * are on only when named (`nsg4_bt32_dq16_kv4x16` is the kernels before them).
  */
 export function parseSgConfig(s: string, base: SgAttentionConfig = DEFAULT_SG_CONFIG): SgAttentionConfig {
-  const c = { ...base, heavyFirst: false, interleave: false, rowStats: false, pairs: false };
+  const c = { ...base, heavyFirst: false, interleave: false, rowStats: false, pairs: false, vec4: false, dqsRows2: false, dsStaged: false, doubleV: false };
   for (const part of s.split('_').filter(Boolean)) {
     let m: RegExpExecArray | null;
     if ((m = /^nsg(\d+)$/.exec(part))) c.nsg = Number(m[1]);
@@ -116,6 +130,10 @@ export function parseSgConfig(s: string, base: SgAttentionConfig = DEFAULT_SG_CO
     else if (part === 'il') c.interleave = true;
     else if (part === 'rs') c.rowStats = true;
     else if (part === 'pr') c.pairs = true;
+    else if (part === 'v4') c.vec4 = true;
+    else if (part === 'dr2') c.dqsRows2 = true;
+    else if (part === 'dsw') c.dsStaged = true;
+    else if (part === 'db') c.doubleV = true;
     else if (part === 'emu') c.emulate = true;
     else throw new RangeError(`attention config '${s}': unknown part '${part}' (e.g. nsg4_bt64_dq32_kv4x32_split)`);
   }
@@ -123,7 +141,7 @@ export function parseSgConfig(s: string, base: SgAttentionConfig = DEFAULT_SG_CO
 }
 
 export function sgConfigKey(c: SgAttentionConfig): string {
-  return `nsg${c.nsg}_bt${c.bt}_dq${c.btDq}${c.btDqs === 64 ? '' : `_ds${c.btDqs}`}_kv${c.nsgKv}x${c.btKv}${c.kvSplit ? '_split' : ''}${c.fwd1 ? '' : '_2pass'}${c.prefetch ? '' : '_nopf'}${c.dsStored ? '' : '_dqre'}${c.heavyFirst ? '_hf' : ''}${c.interleave ? '_il' : ''}${c.rowStats ? '_rs' : ''}${c.pairs ? '_pr' : ''}${c.emulate ? '_emu' : ''}`;
+  return `nsg${c.nsg}_bt${c.bt}_dq${c.btDq}${c.btDqs === 64 ? '' : `_ds${c.btDqs}`}_kv${c.nsgKv}x${c.btKv}${c.kvSplit ? '_split' : ''}${c.fwd1 ? '' : '_2pass'}${c.prefetch ? '' : '_nopf'}${c.dsStored ? '' : '_dqre'}${c.heavyFirst ? '_hf' : ''}${c.interleave ? '_il' : ''}${c.rowStats ? '_rs' : ''}${c.pairs ? '_pr' : ''}${c.vec4 ? '_v4' : ''}${c.dqsRows2 ? '_dr2' : ''}${c.dsStaged ? '_dsw' : ''}${c.doubleV ? '_db' : ''}${c.emulate ? '_emu' : ''}`;
 }
 
 // ---------------------------------------------------------------------------------------------------
@@ -133,8 +151,13 @@ const range = (n: number) => Array.from({ length: n }, (_, i) => i);
 /** WGSL of 8 f32 values (WGSL expressions) packed as f16 into one vec4<u32>. */
 const packF16x8 = (vals: string[]) => `vec4<u32>(${range(4).map((i) => `pack2x16float(vec2<f32>(${vals[2 * i]}, ${vals[2 * i + 1]}))`).join(', ')})`;
 const lines = (n: number, f: (i: number) => string) => range(n).map(f).join('\n');
+/** WGSL of two vec4<f32> (8 values) packed as f16 into one vec4<u32>. */
+const PACK_F16X8_V4 = (a: string, b: string) => `vec4<u32>(pack2x16float(${a}.xy), pack2x16float(${a}.zw), pack2x16float(${b}.xy), pack2x16float(${b}.zw))`;
 
 type Kind = 'fwd' | 'stats' | 'out' | 'dq' | 'dqs' | 'kv' | 'dk' | 'dv';
+
+/** A chain of score multiplies (S or dP): accumulator n, left fragments in registers l0, l1, …, right ones from Tl at offset r, stored to Sc at offset st. */
+interface Chain { n: string; l: string; r: string; st: string }
 
 /** Largest stored dS (bytes) before the backward falls back to recomputing S and dP for dQ. */
 export const DS_MAX_BYTES = 1 << 30;
@@ -145,7 +168,18 @@ class Frag {
   private readonly stores = new Set<string>();
   private readonly accLoads = new Set<string>();
 
-  constructor(readonly emulate: boolean) {}
+  /** `vec4F32`: result arrays declared as array<vec4<f32>> (offsets and strides in vec4 units) */
+  constructor(readonly emulate: boolean, private readonly vec4F32: ReadonlySet<string> = new Set()) {}
+
+  /** Element e (in f32 units) of f32 result array arr, scalar or vec4. */
+  private at(arr: string, e: string): string {
+    return this.vec4F32.has(arr) ? `${arr}[(${e}) / 4u][(${e}) % 4u]` : `${arr}[${e}]`;
+  }
+
+  /** The f32 offset of an offset / stride given in the array's units. */
+  private units(arr: string, x: string): string {
+    return this.vec4F32.has(arr) ? `(${x}) * 4u` : x;
+  }
 
   load(type: 'SL' | 'SR', arr: string, major: 'row' | 'col', off: string, stride: string): string {
     if (!this.emulate) return `subgroupMatrixLoad<${type}, ${major}_major>(&${arr}, ${off}, ${stride})`;
@@ -197,14 +231,14 @@ class Frag {
     const accLoads = [...this.accLoads].map((arr) => `fn emuLoadF_${arr}(off : u32, stride : u32) -> array<f32, 256> {
   var m : array<f32, 256>;
   for (var r = 0u; r < 16u; r++) {
-    for (var c = 0u; c < 16u; c++) { m[r * 16u + c] = ${arr}[off + r * stride + c]; }
+    for (var c = 0u; c < 16u; c++) { m[r * 16u + c] = ${this.at(arr, `${this.units(arr, 'off')} + r * ${this.units(arr, 'stride')} + c`)}; }
   }
   return m;
 }`);
     const stores = [...this.stores].map((arr) => `fn emuStore_${arr}(off : u32, v : array<f32, 256>, stride : u32, lane : u32) {
   for (var i = 0u; i < 8u; i++) {
     let e = lane + 32u * i;
-    ${arr}[off + (e / 16u) * stride + e % 16u] = v[e];
+    ${this.at(arr, `${this.units(arr, 'off')} + (e / 16u) * ${this.units(arr, 'stride')} + e % 16u`)} = v[e];
   }
 }`);
     return `alias SL = array<f32, 256>;
@@ -268,14 +302,17 @@ export class FlashSgProgram implements OwnKernel {
   readonly nsg: number;
   readonly bt: number;
   readonly wg: number;
+  /** 16-row blocks a subgroup owns (2 for dqs under config dqsRows2) */
+  readonly rb: number;
 
-  constructor(readonly kind: Kind, readonly headDim: number, readonly cfg: SgAttentionConfig, dims: { B: number; H: number; T: number; S: number }) {
+  constructor(readonly kind: Kind, readonly headDim: number, readonly cfg: SgAttentionConfig, dims: { B: number; H: number; KV: number; T: number; S: number }) {
     if (headDim % 16 !== 0) throw new RangeError(`flash attention (subgroup matrix): head_dim ${headDim} is not a multiple of 16`);
     const keyOwner = kind === 'kv' || kind === 'dk' || kind === 'dv';
     this.nsg = keyOwner ? cfg.nsgKv : cfg.nsg;
     this.bt = keyOwner ? cfg.btKv : kind === 'dq' ? cfg.btDq : kind === 'dqs' ? cfg.btDqs : cfg.bt;
     this.wg = 32 * this.nsg;
-    const bo = 16 * this.nsg;
+    this.rb = kind === 'dqs' && cfg.dqsRows2 ? 2 : 1;
+    const bo = 16 * this.nsg * this.rb;
     if (cfg.pairs && kind === 'fwd' && (this.nsg % 2 !== 0 || headDim % 32 !== 0)) throw new RangeError(`flash attention (subgroup matrix): subgroup pairs need an even nsg (${this.nsg}) and head_dim a multiple of 32 (${headDim})`);
     if (PAD % bo !== 0 || PAD % this.bt !== 0 || this.bt % 16 !== 0) throw new RangeError(`flash attention (subgroup matrix): tiles ${bo} / ${this.bt} must divide ${PAD} and be multiples of 16`);
     const rows = padTo(keyOwner ? dims.S : dims.T);
@@ -284,6 +321,11 @@ export class FlashSgProgram implements OwnKernel {
   }
 
   /** Input names, in binding order. */
+  inputs(): string[] {
+    return FlashSgProgram.inputs(this.kind);
+  }
+
+  /** Input names of a kind, in binding order. */
   static inputs(kind: Kind): string[] {
     switch (kind) {
       case 'stats': return ['Q16', 'K16', 'MI'];
@@ -302,14 +344,14 @@ export class FlashSgProgram implements OwnKernel {
 
   /** Workgroup memory in bytes. */
   workgroupBytes(): number {
-    const D = this.headDim, RS = D / 8 + 1, BT = this.bt, BO = 16 * this.nsg;
+    const D = this.headDim, RS = D / 8 + 1, BT = this.bt, BO = 16 * this.nsg * this.rb;
     const SS = BT + 4, PS = BT / 8 + 1;
     const k = this.kind;
-    const tl = (k === 'dqs' ? BT : Math.max(k === 'stats' ? BT : 2 * BT, BO)) * RS * 16;
+    const tl = ((k === 'dqs' ? BT : Math.max(k === 'stats' ? BT : this.db() ? 3 * BT : 2 * BT, BO)) * RS + (this.dsw() ? BT * (BO / 8 + 1) : 0)) * 16;
     const sc = (k === 'dqs' ? 0 : this.pairedFwd() ? 2 : k === 'stats' || k === 'out' || k === 'fwd' || k === 'dv' ? 1 : 2) * this.nsg * 16 * SS * 4;
     const pc = (k === 'stats' || k === 'dqs' ? 0 : k === 'kv' ? 2 : 1) * this.nsg * 16 * PS * 16;
-    const fw = k === 'fwd' ? BO * 4 + (this.cfg.emulate ? this.wg * 4 : 0) + 4 : 0;
-    const rw = this.rowStats() ? BT * 16 : 0;
+    const fw = k === 'fwd' ? BO * 4 + (this.cfg.emulate ? this.wg * 4 : 0) + 8 : 0;
+    const rw = this.rowStats() ? (this.v4() ? BT * 12 : BT * 16) : 0;
     return tl + sc + pc + fw + rw + 16;
   }
 
@@ -318,13 +360,42 @@ export class FlashSgProgram implements OwnKernel {
     return this.cfg.pairs && this.kind === 'fwd';
   }
 
+  /** Config doubleV applies: the one-pass forward, not in pairs, with prefetch. */
+  private db(): boolean {
+    return this.cfg.doubleV && this.kind === 'fwd' && !this.cfg.pairs && this.cfg.prefetch;
+  }
+
+  /** Config dsStaged applies: dqs (with prefetch). */
+  private dsw(): boolean {
+    return this.cfg.dsStaged && this.kind === 'dqs' && this.cfg.prefetch;
+  }
+
+  /** Config vec4 applies: the one-pass forward and kv. */
+  private v4(): boolean {
+    return this.cfg.vec4 && (this.kind === 'fwd' || this.kind === 'kv');
+  }
+
+  /** WGSL of f32 element e of the score scratch Sc (declared array<vec4<f32>> under v4). */
+  private sc(e: string): string {
+    return this.v4() ? `Sc[(${e}) / 4u][(${e}) % 4u]` : `Sc[${e}]`;
+  }
+
+  /** A subgroup-matrix offset into Sc, given in f32 elements (a multiple of 4 under v4), and Sc's row stride. */
+  private scOff(e: string): string {
+    return this.v4() ? `(${e}) / 4u` : e;
+  }
+
+  private scStride(): string {
+    return this.v4() ? 'SS4' : 'SS';
+  }
+
   /** kv / dk / dv staging the query rows' stats (config rowStats) */
   private rowStats(): boolean {
-    return this.cfg.rowStats && (this.kind === 'kv' || this.kind === 'dk' || this.kind === 'dv');
+    return (this.cfg.rowStats && (this.kind === 'kv' || this.kind === 'dk' || this.kind === 'dv')) || (this.v4() && this.kind === 'kv');
   }
 
   getUserCode(): string {
-    const f = new Frag(this.cfg.emulate);
+    const f = new Frag(this.cfg.emulate, new Set(this.v4() ? ['Sc'] : []));
     const body = this.kind === 'dqs' ? this.dqFromStored(f) : this.pairedFwd() ? this.forwardPairs(f) : this.kind === 'stats' || this.kind === 'out' || this.kind === 'fwd' || this.kind === 'dq' ? this.queryOwner(f) : this.keyOwner(f);
     return `${f.header()}\n${body}`;
   }
@@ -336,15 +407,15 @@ export class FlashSgProgram implements OwnKernel {
     put: (reg: string, w0: string) => string;
     np: number;
   } {
-    const D = this.headDim, DV = D / 8, RS = DV + 1, BT = this.bt, NSG = this.nsg, BO = 16 * NSG;
+    const D = this.headDim, DV = D / 8, RS = DV + 1, BT = this.bt, NSG = this.nsg, BO = 16 * NSG * this.rb;
     const SS = BT + 4, PS = BT / 8 + 1;
     const k = this.kind;
-    const ins = FlashSgProgram.inputs(k);
+    const ins = this.inputs();
     const types: Record<string, string> = { Q16: 'array<vec4<u32>>', K16: 'array<vec4<u32>>', V16: 'array<vec4<u32>>', DO16: 'array<vec4<u32>>', DS: 'array<vec4<u32>>', DSO: 'array<vec4<u32>>', MI: 'array<i32>', ST: 'array<f32>', DL: 'array<f32>' };
     const nsc = k === 'dqs' ? 0 : this.pairedFwd() ? 2 : k === 'stats' || k === 'out' || k === 'fwd' || k === 'dv' ? 1 : 2;
     const outs = this.outputs();
     const npc = k === 'stats' || k === 'dqs' ? 0 : k === 'kv' ? 2 : 1;
-    const tlRows = k === 'dqs' ? BT : Math.max(k === 'stats' ? BT : 2 * BT, BO);
+    const tlRows = k === 'dqs' ? BT : Math.max(k === 'stats' ? BT : this.db() ? 3 * BT : 2 * BT, BO);
     void f;
     const decl = `${UNIFORMS}
 ${ins.map((n, i) => `@group(0) @binding(${i}) var<storage, read> ${n} : ${types[n]};`).join('\n')}
@@ -358,6 +429,7 @@ const BT = ${BT}u;      // rows of the staged operand per tile
 const BO = ${BO}u;      // owner rows per workgroup (16 per subgroup)
 const WG = ${this.wg}u;
 const SS = ${SS}u;      // f32 scratch row stride
+const SS4 = ${SS / 4}u;     // the same in vec4
 const PS = ${PS}u;      // f16 scratch row stride in vec4
 const HALF = ${BT / 2}u; // columns per thread in the lane steps
 const SCALE = ${1 / Math.sqrt(D)};
@@ -365,13 +437,15 @@ const TAU = ${TAU.toFixed(1)};
 const MASKED = ${MASKED.toExponential()};
 const FAR = -1e30;
 
-var<workgroup> Tl : array<vec4<u32>, ${tlRows * RS}>;
-${nsc ? `var<workgroup> Sc : array<f32, ${nsc * NSG * 16 * SS}>;` : ''}
+var<workgroup> Tl : array<vec4<u32>, ${tlRows * RS + (this.dsw() ? BT * (BO / 8 + 1) : 0)}>;
+${nsc ? `var<workgroup> Sc : array<${this.v4() ? `vec4<f32>, ${(nsc * NSG * 16 * SS) / 4}` : `f32, ${nsc * NSG * 16 * SS}`}>;` : ''}
 ${npc ? `var<workgroup> Pc : array<vec4<u32>, ${npc * NSG * 16 * PS}>;` : ''}
 ${k === 'fwd' ? `var<workgroup> Al : array<f32, ${BO}>;   // per-row rescale factor of the tile
-var<workgroup> wgF : u32;              // some row of the workgroup rescales O this tile
+var<workgroup> wgF : ${this.db() ? 'array<u32, 2>;     // (by tile parity)' : 'u32;             '} // some row of the workgroup rescales O this tile
 ${this.cfg.emulate ? `var<workgroup> Mx : array<f32, ${this.wg}>;` : ''}` : ''}
-${this.rowStats() ? 'var<workgroup> Rw : array<vec4<f32>, BT>;   // the staged query rows\' (max, log-sum, Δ)' : ''}
+${!this.rowStats() ? '' : this.v4() ? `var<workgroup> Rm : array<vec4<f32>, ${BT / 4}>;   // the staged query rows' max, four per vec4
+var<workgroup> Rl : array<vec4<f32>, ${BT / 4}>;   // log-sum
+var<workgroup> Rd : array<vec4<f32>, ${BT / 4}>;   // Δ` : 'var<workgroup> Rw : array<vec4<f32>, BT>;   // the staged query rows\' (max, log-sum, Δ)'}
 var<workgroup> wgU : u32;`;
     const stage = (src: string, g0: string, n: number | string, w0: string) => `for (var e = lid; e < (${n}) * DV; e += WG) {
         let r = e / DV;
@@ -403,21 +477,22 @@ var<workgroup> wgU : u32;`;
    * block j, Σ_c left_c · staged(j, c)ᵀ, stored at Sc[st + sg·16 rows, 16·j]. Interleaved: all blocks'
    * accumulators advance together over c (independent multiplies in flight), stored after.
    */
-  private scores(f: Frag, chains: { n: string; l: string; r: string; st: string }[]): string {
+  private scores(f: Frag, chains: Chain[]): string {
     const NT = this.bt / 16, NF = this.headDim / 16;
+    const lhs = (ch: Chain, c: number) => `${ch.l}${c}`;
     const right = (ch: { r: string }, j: number, c: number) => f.load('SR', 'Tl', 'col', `${ch.r}${16 * j}u * RS + ${2 * c}u`, 'RS');
-    const store = (ch: { st: string }, j: number, v: string) => f.store('Sc', `${ch.st}sg * 16u * SS + ${16 * j}u`, v, 'SS');
+    const store = (ch: { st: string }, j: number, v: string) => f.store('Sc', this.scOff(`${ch.st}sg * 16u * SS + ${16 * j}u`), v, this.scStride());
     if (!this.cfg.interleave) {
       return lines(NT, (j) => `{
       ${chains.map((ch) => `var ${ch.n} = SA();
-      ${lines(NF, (c) => `${ch.n} = ${f.mma(`${ch.l}${c}`, right(ch, j, c), ch.n)};`)}
+      ${lines(NF, (c) => `${ch.n} = ${f.mma(lhs(ch, c), right(ch, j, c), ch.n)};`)}
       ${store(ch, j, ch.n)}`).join('\n      ')}
     }`);
     }
-    const each = (g: (ch: { n: string; l: string; r: string; st: string }, j: number) => string) => chains.map((ch) => lines(NT, (j) => g(ch, j))).join('\n      ');
+    const each = (g: (ch: Chain, j: number) => string) => chains.map((ch) => lines(NT, (j) => g(ch, j))).join('\n      ');
     return `{
       ${each((ch, j) => `var ${ch.n}${j} = SA();`)}
-      ${lines(NF, (c) => each((ch, j) => `${ch.n}${j} = ${f.mma(`${ch.l}${c}`, right(ch, j, c), `${ch.n}${j}`)};`))}
+      ${lines(NF, (c) => each((ch, j) => `${ch.n}${j} = ${f.mma(lhs(ch, c), right(ch, j, c), `${ch.n}${j}`)};`))}
       ${each((ch, j) => store(ch, j, `${ch.n}${j}`))}
     }`;
   }
@@ -437,12 +512,12 @@ fn main(@builtin(local_invocation_index) lid : u32, @builtin(workgroup_id) wid :
     const { decl, stage, fetch, put, np } = this.common(f);
     const k = this.kind;
     const D = this.headDim, NF = D / 16, NT = this.bt / 16, BT = this.bt;
-    const pf = this.cfg.prefetch, withV = k !== 'stats';
+    const pf = this.cfg.prefetch, withV = k !== 'stats', db = this.db();
     const fetchKV = (k0: string) => `${fetch('pk', 'K16', `kr0 + ${k0}`)}
     ${withV ? fetch('pv', 'V16', `kr0 + ${k0}`) : ''}`;
     // lane step: thread lid serves region lr (a subgroup's 16 rows), row lrow, columns lh·HALF..
     const laneStep = k === 'fwd'
-      ? this.onlineSoftmax(f, 'Sc[srow + col]')
+      ? (this.v4() ? this.onlineSoftmaxV4(f, 'Sc[(srow + lh * HALF) / 4u + j]') : this.onlineSoftmax(f, 'Sc[srow + col]'))
       : k === 'stats'
       ? `var tmax = FAR;
       var xs : array<f32, ${BT / 2}>;
@@ -486,8 +561,16 @@ ${this.queryPreamble()}
   ${pf ? `var pk : array<vec4<u32>, ${np}>;
   ${withV ? `var pv : array<vec4<u32>, ${np}>;` : ''}
   ${fetchKV('0u')}` : ''}
+  ${db ? `// double-buffered V: K at 0, the V of even tiles at BT·RS, of odd ones at 2·BT·RS (the Q tile's rows are free once its fragments are loaded)
+  workgroupBarrier();
+  ${put('pk', '0u')}
+  ${put('pv', 'BT * RS')}
+  if (BT < kEnd) {
+    ${fetchKV('BT')}
+  }
+  workgroupBarrier();` : ''}
   for (var k0 = 0u; k0 < kEnd; k0 += BT) {
-    workgroupBarrier();
+    ${db ? '' : `workgroupBarrier();
     ${k === 'fwd' ? 'if (lid == 0u) { wgF = 0u; }' : ''}
     ${pf ? `${put('pk', '0u')}
     ${withV ? put('pv', 'BT * RS') : ''}` : `${stage('K16', 'kr0 + k0', 'BT', '0u')}
@@ -495,26 +578,35 @@ ${this.queryPreamble()}
     workgroupBarrier();
     ${pf ? `if (k0 + BT < kEnd) {
       ${fetchKV('k0 + BT')}
-    }` : ''}
+    }` : ''}`}
     ${this.scores(f, [{ n: 's', l: 'qf', r: '', st: '' }, ...(k === 'dq' ? [{ n: 'dp', l: 'df', r: 'BT * RS + ', st: 'DP + ' }] : [])])}
     workgroupBarrier();
+    ${db ? `// every S multiply of this tile is done: K's rows and the other V buffer (last read by the previous tile's P·V) are free
+    if (lid == 0u) { wgF[(k0 / BT + 1u) % 2u] = 0u; }
+    if (k0 + BT < kEnd) {
+      ${put('pk', '0u')}
+      ${put('pv', '(k0 / BT + 1u) % 2u * BT * RS + BT * RS')}
+      if (k0 + 2u * BT < kEnd) {
+        ${fetchKV('k0 + 2u * BT')}
+      }
+    }` : ''}
     {
       ${laneStep}
     }
     ${k === 'stats' ? '' : `${k === 'fwd' ? '' : 'workgroupBarrier();'}
     ${k === 'fwd' ? `// workgroupUniformLoad is itself a workgroup barrier: P and Al are visible after it
-    if (workgroupUniformLoad(&wgF) != 0u) {
+    if (workgroupUniformLoad(&${db ? 'wgF[k0 / BT % 2u]' : 'wgF'}) != 0u) {
       // some row's reference max moved: O *= alpha per row, fragment by fragment through this subgroup's Sc rows
-      ${lines(NF, (c) => `${f.store('Sc', 'sg * 16u * SS', `acc${c}`, 'SS')}
+      ${lines(NF, (c) => `${f.store('Sc', this.scOff('sg * 16u * SS'), `acc${c}`, this.scStride())}
       workgroupBarrier();
-      for (var i = 0u; i < 8u; i++) { Sc[srow + lh * 8u + i] *= Al[lr * 16u + lrow]; }
+      for (var i = 0u; i < 8u; i++) { ${this.sc('srow + lh * 8u + i')} *= Al[lr * 16u + lrow]; }
       workgroupBarrier();
-      acc${c} = ${f.loadAcc('Sc', 'sg * 16u * SS', 'SS')};
+      acc${c} = ${f.loadAcc('Sc', this.scOff('sg * 16u * SS'), this.scStride())};
       workgroupBarrier();`)}
     }` : ''}
     ${lines(NT, (j) => `{
       let pf = ${f.load('SL', 'Pc', 'row', `sg * 16u * PS + ${2 * j}u`, 'PS')};
-      ${lines(NF, (c) => `acc${c} = ${f.mma('pf', f.load('SR', 'Tl', 'row', `${k !== 'dq' ? 'BT * RS + ' : ''}${16 * j}u * RS + ${2 * c}u`, 'RS'), `acc${c}`)};`)}
+      ${lines(NF, (c) => `acc${c} = ${f.mma('pf', f.load('SR', 'Tl', 'row', `${k === 'dq' ? '' : db ? '(k0 / BT % 2u + 1u) * BT * RS + ' : 'BT * RS + '}${16 * j}u * RS + ${2 * c}u`, 'RS'), `acc${c}`)};`)}
     }`)}`}
   }
   ${k === 'stats' ? `workgroupBarrier();
@@ -537,9 +629,9 @@ ${this.queryPreamble()}
   }
   // O / rowsum, fragment by fragment through this subgroup's Sc rows
   ${lines(NF, (c) => `workgroupBarrier();
-  ${f.store('Sc', 'sg * 16u * SS', `acc${c}`, 'SS')}
+  ${f.store('Sc', this.scOff('sg * 16u * SS'), `acc${c}`, this.scStride())}
   workgroupBarrier();
-  for (var i = 0u; i < 8u; i++) { OUT[(qr0 + tq) * D + ${16 * c}u + lh * 8u + i] = Sc[srow + lh * 8u + i] * Al[lr * 16u + lrow]; }`)}` : lines(NF, (c) => f.store('OUT', `(qr0 + q0 + sg * 16u) * D + ${16 * c}u`, `acc${c}`, 'D'))}
+  for (var i = 0u; i < 8u; i++) { OUT[(qr0 + tq) * D + ${16 * c}u + lh * 8u + i] = ${this.sc('srow + lh * 8u + i')} * Al[lr * 16u + lrow]; }`)}` : lines(NF, (c) => f.store('OUT', `(qr0 + q0 + sg * 16u) * D + ${16 * c}u`, `acc${c}`, 'D'))}
 }
 
 ${MASK_SCORE_WGSL}`;
@@ -573,7 +665,7 @@ ${MASK_SCORE_WGSL}`;
   private queryPreamble(): string {
     return `${this.ownerPreamble()}
   if (lid == 0u) {
-    ${this.kind === 'fwd' ? 'wgF = 0u;' : ''}
+    ${this.kind !== 'fwd' ? '' : this.db() ? 'wgF[0] = 0u;\n    wgF[1] = 0u;' : 'wgF = 0u;'}
     var end = min(u.S, u.past + min(q0 + BO, u.T));
     if (u.masked != 0u && u32(MI[u.B * u.S + b]) > u.past + q0) { end = u.S; }
     wgU = end;
@@ -595,16 +687,7 @@ ${MASK_SCORE_WGSL}`;
         xs[c] = x;
         tmax = max(tmax, x);
       }
-      ${f.partner('tmax1', 'tmax')}
-      let rmax = max(tmax, tmax1);
-      var alpha = 1.0;
-      if (rmax > lm + TAU) {
-        if (lm > 0.5 * FAR) { wgF = 1u; }   // O holds weights of the old reference: rescale it
-        alpha = exp(lm - rmax);
-        lm = rmax;
-      }
-      if (lh == 0u) { Al[lr * 16u + lrow] = alpha; }
-      ll *= alpha;
+      ${this.referenceMax(f)}
       for (var g = 0u; g < HALF / 8u; g++) {
         var v : array<f32, 8>;
         for (var i = 0u; i < 8u; i++) {
@@ -614,6 +697,56 @@ ${MASK_SCORE_WGSL}`;
         }
         Pc[(lr * 16u + lrow) * PS + lh * (HALF / 8u) + g] = ${packF16x8(range(8).map((i) => `v[${i}]`))};
       }`;
+  }
+
+  /**
+   * onlineSoftmax under config vec4 (\`score4\`: the WGSL of the thread's vec4 j of raw scores): the thread's
+   * HALF scores read as HALF / 4 vec4 from Sc (conflict-free
+   * where scalar reads were 4-way), masked per score only when some key of the tile is hidden from some row
+   * of the subgroup, or with padding (on the diagonal tiles: the rest take the plain scaled score).
+   */
+  private onlineSoftmaxV4(f: Frag, score4: string): string {
+    const n4 = this.bt / 8;
+    return `// every row of this subgroup sees every key of the tile: no per-score mask
+      let inner = u.masked == 0u && k0 + BT <= u.S && k0 + BT <= u.past + q0 + lr * 16u + 1u;
+      var tmax = FAR;
+      var xs : array<vec4<f32>, ${n4}>;
+      for (var j = 0u; j < ${n4}u; j++) {
+        let s = ${score4};
+        var x = s * SCALE;
+        if (!inner) {
+          let key = k0 + lh * HALF + 4u * j;
+          x = vec4<f32>(maskScore(s.x, key, tq, b), maskScore(s.y, key + 1u, tq, b), maskScore(s.z, key + 2u, tq, b), maskScore(s.w, key + 3u, tq, b));
+        }
+        xs[j] = x;
+        tmax = max(tmax, max(max(x.x, x.y), max(x.z, x.w)));
+      }
+      ${this.referenceMax(f)}
+      for (var g = 0u; g < HALF / 8u; g++) {
+        let p0 = exp(xs[2u * g] - lm);
+        let p1 = exp(xs[2u * g + 1u] - lm);
+        let ps = p0 + p1;
+        ll += (ps.x + ps.y) + (ps.z + ps.w);
+        Pc[(lr * 16u + lrow) * PS + lh * (HALF / 8u) + g] = ${PACK_F16X8_V4('p0', 'p1')};
+      }`;
+  }
+
+  /**
+   * The row's tile max (this thread's tmax and its partner's) against the reference max lm: raised, with
+   * alpha the factor on what O and ll hold and the rescale flag when O holds weights, only past TAU.
+   */
+  private referenceMax(f: Frag): string {
+    const flag = this.db() ? 'wgF[k0 / BT % 2u]' : 'wgF';
+    return `${f.partner('tmax1', 'tmax')}
+      let rmax = max(tmax, tmax1);
+      var alpha = 1.0;
+      if (rmax > lm + TAU) {
+        if (lm > 0.5 * FAR) { ${flag} = 1u; }   // O holds weights of the old reference: rescale it
+        alpha = exp(lm - rmax);
+        lm = rmax;
+      }
+      if (lh == 0u) { Al[lr * 16u + lrow] = alpha; }
+      ll *= alpha;`;
   }
 
   /**
@@ -632,7 +765,7 @@ ${MASK_SCORE_WGSL}`;
     // the member's scratch: its Sc region, its pair's first 16 rows
     const scratch = 'hf * SC1 + prow * SS';
     const viaScratch = (rb: number, c: number, body: string) => `workgroupBarrier();
-      ${f.store('Sc', scratch, `acc${rb}_${c}`, 'SS')}
+      ${f.store('Sc', this.scOff(scratch), `acc${rb}_${c}`, this.scStride())}
       workgroupBarrier();
       ${body}`;
     return `${decl}
@@ -675,18 +808,18 @@ ${this.queryPreamble()}
         let kf = ${f.load('SR', 'Tl', 'col', `${16 * j}u * RS + (hf * ${NH}u + ${c}u) * 2u`, 'RS')};
         ${both((rb) => `s${rb}_${j} = ${f.mma(`qf${rb}_${c}`, 'kf', `s${rb}_${j}`)};`)}
       }`))}
-      ${range(2).map((rb) => lines(NT, (j) => f.store('Sc', `hf * SC1 + (prow + ${16 * rb}u) * SS + ${16 * j}u`, `s${rb}_${j}`, 'SS'))).join('\n      ')}
+      ${range(2).map((rb) => lines(NT, (j) => f.store('Sc', this.scOff(`hf * SC1 + (prow + ${16 * rb}u) * SS + ${16 * j}u`), `s${rb}_${j}`, this.scStride()))).join('\n      ')}
     }
     workgroupBarrier();
     {
-      ${this.onlineSoftmax(f, 'Sc[srow + col] + Sc[SC1 + srow + col]')}
+      ${this.v4() ? this.onlineSoftmaxV4(f, 'Sc[(srow + lh * HALF) / 4u + j] + Sc[(SC1 + srow + lh * HALF) / 4u + j]') : this.onlineSoftmax(f, 'Sc[srow + col] + Sc[SC1 + srow + col]')}
     }
     // workgroupUniformLoad is itself a workgroup barrier: P and Al are visible after it
     if (workgroupUniformLoad(&wgF) != 0u) {
       // some row's reference max moved: this member's O *= alpha per row, fragment by fragment
-      ${frag((rb, c) => `${viaScratch(rb, c, `for (var i = 0u; i < 8u; i++) { Sc[${scratch} + lrow * SS + lh * 8u + i] *= Al[prow + ${16 * rb}u + lrow]; }
+      ${frag((rb, c) => `${viaScratch(rb, c, `for (var i = 0u; i < 8u; i++) { ${this.sc(`${scratch} + lrow * SS + lh * 8u + i`)} *= Al[prow + ${16 * rb}u + lrow]; }
       workgroupBarrier();
-      acc${rb}_${c} = ${f.loadAcc('Sc', scratch, 'SS')};`)}`)}
+      acc${rb}_${c} = ${f.loadAcc('Sc', this.scOff(scratch), this.scStride())};`)}`)}
     }
     ${lines(NT, (j) => `{
       ${both((rb) => `let pf${rb} = ${f.load('SL', 'Pc', 'row', `(prow + ${16 * rb}u) * PS + ${2 * j}u`, 'PS')};`)}
@@ -704,7 +837,7 @@ ${this.queryPreamble()}
     STO[2u * (qr0 + tq) + 1u] = log(lsum);
   }
   // O / rowsum, fragment by fragment through the member's scratch
-  ${frag((rb, c) => viaScratch(rb, c, `for (var i = 0u; i < 8u; i++) { OUT[(qr0 + q0 + prow + ${16 * rb}u + lrow) * D + (hf * ${NH}u + ${c}u) * 16u + lh * 8u + i] = Sc[${scratch} + lrow * SS + lh * 8u + i] * Al[prow + ${16 * rb}u + lrow]; }`))}
+  ${frag((rb, c) => viaScratch(rb, c, `for (var i = 0u; i < 8u; i++) { OUT[(qr0 + q0 + prow + ${16 * rb}u + lrow) * D + (hf * ${NH}u + ${c}u) * 16u + lh * 8u + i] = ${this.sc(`${scratch} + lrow * SS + lh * 8u + i`)} * Al[prow + ${16 * rb}u + lrow]; }`))}
 }
 
 ${MASK_SCORE_WGSL}`;
@@ -720,7 +853,15 @@ ${MASK_SCORE_WGSL}`;
   private dqFromStored(f: Frag): string {
     const { decl, stage, fetch, put } = this.common(f);
     const NF = this.headDim / 16, NT = this.bt / 16;
-    const pf = this.cfg.prefetch;
+    const pf = this.cfg.prefetch, R = this.rb, dsw = this.dsw();
+    const rows = (g: (r: number) => string, sep = '\n  ') => range(R).map(g).join(sep);
+    const BO = 16 * this.nsg * R, BT = this.bt;
+    // the staged dS block, vec4 e of BT·BO/8, npd per thread
+    const npd = Math.ceil((BT * BO) / 8 / this.wg);
+    const eachDs = (body: string) => `for (var i = 0u; i < ${npd}u; i++) {
+      let e = lid + i * WG;
+      ${(BT * BO) / 8 % this.wg === 0 ? body : `if (e < BT * BO8) { ${body} }`}
+    }`;
     return `${decl}
 
 ${this.entry()}
@@ -739,26 +880,79 @@ ${this.entry()}
     wgU = end;
   }
   let kEnd = workgroupUniformLoad(&wgU);
-  let t0 = q0 + sg * 16u;                 // this subgroup's query rows t0..t0+15
-  let allSee = u.past + t0 >= first;
-  ${lines(NF, (c) => `var acc${c} = SA();`)}
+  let t0 = q0 + sg * ${16 * R}u;                 // this subgroup's query rows t0..t0+${16 * R - 1}
+  ${rows((r) => `let allSee${r} = u.past + t0 + ${16 * r}u >= first;`)}
+  ${rows((r) => lines(NF, (c) => `var acc${r}_${c} = SA();`))}
   ${pf ? `var pk : array<vec4<u32>, ${this.common(f).np}>;
   ${fetch('pk', 'K16', 'kr0')}` : ''}
+  ${dsw ? `// the dS block of a key tile: BT key rows of the workgroup's BO queries, staged at DOFF (row stride DRS)
+  const BO8 = ${BO / 8}u;
+  const DRS = ${BO / 8 + 1}u;
+  const DOFF = BT * RS;
+  var pds : array<vec4<u32>, ${npd}>;
+  ${eachDs('pds[i] = DS[(dsRow + e / BO8) * TP8 + q0 / 8u + e % BO8];')}` : ''}
   for (var k0 = 0u; k0 < kEnd; k0 += BT) {
     workgroupBarrier();
     ${pf ? put('pk', '0u') : stage('K16', 'kr0 + k0', 'BT', '0u')}
+    ${dsw ? eachDs('Tl[DOFF + (e / BO8) * DRS + e % BO8] = pds[i];') : ''}
     workgroupBarrier();
     ${pf ? `if (k0 + BT < kEnd) {
       ${fetch('pk', 'K16', 'kr0 + k0 + BT')}
+      ${dsw ? eachDs('pds[i] = DS[(dsRow + k0 + BT + e / BO8) * TP8 + q0 / 8u + e % BO8];') : ''}
     }` : ''}
-    ${lines(NT, (j) => `if (k0 + ${16 * j}u < u.S && !(allSee && k0 + ${16 * j}u > u.past + t0 + 15u)) {
-      let dsf = ${f.load('SL', 'DS', 'col', `(dsRow + k0 + ${16 * j}u) * TP8 + t0 / 8u`, 'TP8')};
-      ${lines(NF, (c) => `acc${c} = ${f.mma('dsf', f.load('SR', 'Tl', 'row', `${16 * j}u * RS + ${2 * c}u`, 'RS'), `acc${c}`)};`)}
+    ${lines(NT, (j) => `{
+      ${rows((r) => `let use${r} = k0 + ${16 * j}u < u.S && !(allSee${r} && k0 + ${16 * j}u > u.past + t0 + ${16 * r + 15}u);`)}
+      if (${rows((r) => `use${r}`, ' || ')}) {
+        ${rows((r) => `let dsf${r} = ${dsw
+          ? f.load('SL', 'Tl', 'col', `DOFF + ${16 * j}u * DRS + (sg * ${16 * R}u + ${16 * r}u) / 8u`, 'DRS')
+          : f.load('SL', 'DS', 'col', `(dsRow + k0 + ${16 * j}u) * TP8 + (t0 + ${16 * r}u) / 8u`, 'TP8')};`)}
+        ${lines(NF, (c) => R === 1
+          ? `acc0_${c} = ${f.mma('dsf0', f.load('SR', 'Tl', 'row', `${16 * j}u * RS + ${2 * c}u`, 'RS'), `acc0_${c}`)};`
+          : `{
+          let kf = ${f.load('SR', 'Tl', 'row', `${16 * j}u * RS + ${2 * c}u`, 'RS')};
+          ${rows((r) => `if (use${r}) { acc${r}_${c} = ${f.mma(`dsf${r}`, 'kf', `acc${r}_${c}`)}; }`)}
+        }`)}
+      }
     }`)}
   }
-  ${lines(NF, (c) => f.store('OUT', `((b * u.H + h) * u.Tp + t0) * D + ${16 * c}u`, `acc${c}`, 'D'))}
+  ${rows((r) => lines(NF, (c) => f.store('OUT', `((b * u.H + h) * u.Tp + t0 + ${16 * r}u) * D + ${16 * c}u`, `acc${r}_${c}`, 'D')))}
 }
 `;
+  }
+
+  /**
+   * kv's lane step under config vec4 (thread: key kk, HALF query columns from lh·HALF): S and dP read as vec4
+   * from Sc, the query rows' max, log-sum and Δ as vec4 from Rm / Rl / Rd; P and dS = P·(dP − Δ)·scale packed
+   * to f16 into Pc (and dS to DSO). Per-score masking only on tiles where some query row of the tile does
+   * not see every key of the subgroup, some row is past T, or with padding.
+   */
+  private kvLaneV4(PD: string): string {
+    return `// every query row of the tile sees every key of this subgroup: no per-score mask
+    let inner = u.masked == 0u && q0 + BT <= u.T && k0 + lr * 16u + 16u <= u.S && k0 + lr * 16u + 16u <= u.past + q0 + 1u;
+    for (var g = 0u; g < HALF / 8u; g++) {
+      var pv : array<vec4<f32>, 2>;
+      var sv : array<vec4<f32>, 2>;
+      let c0 = lh * HALF + g * 8u;   // this thread's 8 query columns
+      for (var j = 0u; j < 2u; j++) {
+        let c4 = c0 / 4u + j;
+        var x = Sc[srow / 4u + c4] * SCALE;
+        if (!inner) {
+          for (var i = 0u; i < 4u; i++) {
+            let t = q0 + 4u * c4 + i;
+            var xi = MASKED;
+            if (kk >= u.S || t >= u.T) { xi = FAR; } else if (keyOk && kk <= u.past + t) { xi = x[i]; }
+            x[i] = xi;
+          }
+        }
+        let p = exp((x - Rm[c4]) - Rl[c4]);
+        pv[j] = p;
+        sv[j] = p * (Sc[(DP + srow) / 4u + c4] - Rd[c4]) * SCALE;
+      }
+      Pc[lr * 16u * PS + lrow * PS + c0 / 8u] = ${PACK_F16X8_V4('pv[0]', 'pv[1]')};
+      let sp = ${PACK_F16X8_V4('sv[0]', 'sv[1]')};
+      Pc[${PD} + lr * 16u * PS + lrow * PS + c0 / 8u] = sp;
+      ${this.cfg.dsStored ? 'DSO[((b * u.H + h) * u.Sp + kk) * (u.Tp / 8u) + (q0 + c0) / 8u] = sp;' : ''}
+    }`;
   }
 
   /** kv, dk, dv: a workgroup owns BO keys of one KV head, for one query head, and walks the query tiles. */
@@ -769,13 +963,48 @@ ${this.entry()}
     const pf = this.cfg.prefetch;
     const rs = this.rowStats();
     // the row stats of query rows q..q+BT (padded rows: any finite value, their scores are masked)
-    const stats = (q: string) => `vec4<f32>(ST[2u * (qr0 + ${q} + lid)], ST[2u * (qr0 + ${q} + lid) + 1u], DL[qr0 + ${q} + lid], 0.0)`;
+    const v4 = this.v4();
+    const stats = (q: string) => v4
+      ? `vec3<f32>(ST[2u * (qr0 + ${q} + lid)], ST[2u * (qr0 + ${q} + lid) + 1u], DL[qr0 + ${q} + lid])`
+      : `vec4<f32>(ST[2u * (qr0 + ${q} + lid)], ST[2u * (qr0 + ${q} + lid) + 1u], DL[qr0 + ${q} + lid], 0.0)`;
+    // the staged stats of query rows q..q+BT from pr (or from global memory: q)
+    const putStats = (q?: string) => v4
+      ? `if (lid < BT) {
+      let st = ${q ? stats(q) : 'pr'};
+      Rm[lid / 4u][lid % 4u] = st.x;
+      Rl[lid / 4u][lid % 4u] = st.y;
+      Rd[lid / 4u][lid % 4u] = st.z;
+    }`
+      : `if (lid < BT) { Rw[lid] = ${q ? stats(q) : 'pr'}; }`;
     const fetchQD = (q0: string) => `${fetch('pq', 'Q16', `qr0 + ${q0}`)}
     ${fetch('pd', 'DO16', `qr0 + ${q0}`)}
     ${rs ? `if (lid < BT) { pr = ${stats(q0)}; }` : ''}`;
     const D = this.headDim, NF = D / 16, NT = this.bt / 16;
     // Pc regions: P at 0 (dv), dS at PD (dk)
     const PD = dv ? `${16 * this.nsg}u * PS` : '0u';
+    const kvLane = `for (var g = 0u; g < HALF / 8u; g++) {
+      ${dv ? 'var pv : array<f32, 8>;' : ''}
+      ${dk ? 'var sv : array<f32, 8>;' : ''}
+      for (var i = 0u; i < 8u; i++) {
+        let col = lh * HALF + g * 8u + i;
+        let t = q0 + col;
+        var p = 0.0;
+        if (t < u.T) {
+          let row = qr0 + t;
+          var x = MASKED;
+          if (kk >= u.S) { x = FAR; } else if (keyOk && kk <= u.past + t) { x = Sc[srow + col] * SCALE; }
+          ${rs ? `let st = Rw[col];
+          p = exp((x - st.x) - st.y);
+          ${dk ? 'sv[i] = p * (Sc[DP + srow + col] - st.z) * SCALE;' : ''}` : `p = exp((x - ST[2u * row]) - ST[2u * row + 1u]);
+          ${dk ? 'sv[i] = p * (Sc[DP + srow + col] - DL[row]) * SCALE;' : ''}`}
+        }
+        ${dv ? 'pv[i] = p;' : ''}
+      }
+      ${dv ? `Pc[lr * 16u * PS + lrow * PS + lh * (HALF / 8u) + g] = ${packF16x8(range(8).map((i) => `pv[${i}]`))};` : ''}
+      ${dk ? `let sp = ${packF16x8(range(8).map((i) => `sv[${i}]`))};
+      Pc[${PD} + lr * 16u * PS + lrow * PS + lh * (HALF / 8u) + g] = sp;
+      ${this.cfg.dsStored ? 'DSO[((b * u.H + h) * u.Sp + kk) * (u.Tp / 8u) + (q0 + lh * HALF + g * 8u) / 8u] = sp;' : ''}` : ''}
+    }`;
     return `${decl}
 
 ${this.entry()}
@@ -807,7 +1036,7 @@ ${this.ownerPreamble()}
   while (q0 < u.T && skipTile(q0, k0, first)) { q0 += BT; }
   ${pf ? `var pq : array<vec4<u32>, ${np}>;
   var pd : array<vec4<u32>, ${np}>;
-  ${rs ? 'var pr = vec4<f32>(0.0);' : ''}
+  ${rs ? `var pr = ${v4 ? 'vec3' : 'vec4'}<f32>(0.0);` : ''}
   if (q0 < u.T) {
     ${fetchQD('q0')}
   }` : ''}
@@ -818,38 +1047,16 @@ ${this.ownerPreamble()}
     workgroupBarrier();
     ${pf ? `${put('pq', '0u')}
     ${put('pd', 'BT * RS')}
-    ${rs ? 'if (lid < BT) { Rw[lid] = pr; }' : ''}` : `${stage('Q16', 'qr0 + q0', 'BT', '0u')}
+    ${rs ? putStats() : ''}` : `${stage('Q16', 'qr0 + q0', 'BT', '0u')}
     ${stage('DO16', 'qr0 + q0', 'BT', 'BT * RS')}
-    ${rs ? `if (lid < BT) { Rw[lid] = ${stats('q0')}; }` : ''}`}
+    ${rs ? putStats('q0') : ''}`}
     workgroupBarrier();
     ${pf ? `if (qn < u.T) {
       ${fetchQD('qn')}
     }` : ''}
     ${this.scores(f, [{ n: 's', l: 'kf', r: '', st: '' }, ...(dk ? [{ n: 'dp', l: 'vf', r: 'BT * RS + ', st: 'DP + ' }] : [])])}
     workgroupBarrier();
-    for (var g = 0u; g < HALF / 8u; g++) {
-      ${dv ? 'var pv : array<f32, 8>;' : ''}
-      ${dk ? 'var sv : array<f32, 8>;' : ''}
-      for (var i = 0u; i < 8u; i++) {
-        let col = lh * HALF + g * 8u + i;
-        let t = q0 + col;
-        var p = 0.0;
-        if (t < u.T) {
-          let row = qr0 + t;
-          var x = MASKED;
-          if (kk >= u.S) { x = FAR; } else if (keyOk && kk <= u.past + t) { x = Sc[srow + col] * SCALE; }
-          ${rs ? `let st = Rw[col];
-          p = exp((x - st.x) - st.y);
-          ${dk ? 'sv[i] = p * (Sc[DP + srow + col] - st.z) * SCALE;' : ''}` : `p = exp((x - ST[2u * row]) - ST[2u * row + 1u]);
-          ${dk ? 'sv[i] = p * (Sc[DP + srow + col] - DL[row]) * SCALE;' : ''}`}
-        }
-        ${dv ? 'pv[i] = p;' : ''}
-      }
-      ${dv ? `Pc[lr * 16u * PS + lrow * PS + lh * (HALF / 8u) + g] = ${packF16x8(range(8).map((i) => `pv[${i}]`))};` : ''}
-      ${dk ? `let sp = ${packF16x8(range(8).map((i) => `sv[${i}]`))};
-      Pc[${PD} + lr * 16u * PS + lrow * PS + lh * (HALF / 8u) + g] = sp;
-      ${this.cfg.dsStored ? 'DSO[((b * u.H + h) * u.Sp + kk) * (u.Tp / 8u) + (q0 + lh * HALF + g * 8u) / 8u] = sp;' : ''}` : ''}
-    }
+    ${v4 ? this.kvLaneV4(PD) : kvLane}
     workgroupBarrier();
     ${lines(NT, (j) => `{
       ${dv ? `let pf = ${f.load('SL', 'Pc', 'row', `sg * 16u * PS + ${2 * j}u`, 'PS')};
@@ -1124,11 +1331,12 @@ export interface FlashSgOptions {
 
 /**
  * The config flashAttention runs at head dim D under a workgroup-memory limit: the default, else the same
- * with 16-query kv tiles (≤ 34 KiB at head_dim 128), else undefined (the fp32 kernels run).
+ * with 16-query kv tiles, V single-buffered and dS read from global memory (≤ 34 KiB at head_dim 128), else
+ * undefined (the fp32 kernels run).
  */
 export function sgConfigFor(D: number, workgroupBytes: number): SgAttentionConfig | undefined {
   const key = `${D}:${workgroupBytes}`;
-  if (!configFor.has(key)) configFor.set(key, [DEFAULT_SG_CONFIG, { ...DEFAULT_SG_CONFIG, btKv: 16 }].find((c) => sgWorkgroupBytes(D, c) <= workgroupBytes));
+  if (!configFor.has(key)) configFor.set(key, [DEFAULT_SG_CONFIG, { ...DEFAULT_SG_CONFIG, btKv: 16, doubleV: false, dsStaged: false }].find((c) => sgWorkgroupBytes(D, c) <= workgroupBytes));
   return configFor.get(key);
 }
 /** sgConfigFor's answers (it runs on every attention call). */
@@ -1136,7 +1344,7 @@ const configFor = new Map<string, SgAttentionConfig | undefined>();
 
 /** Workgroup bytes the largest kernel of `cfg` needs at head dim D. */
 export function sgWorkgroupBytes(D: number, cfg: SgAttentionConfig): number {
-  const dims = { B: 1, H: 1, T: 1, S: 1 };
+  const dims = { B: 1, H: 1, KV: 1, T: 1, S: 1 };
   const kinds: Kind[] = [...(cfg.fwd1 ? (['fwd'] as Kind[]) : (['stats', 'out'] as Kind[])), 'dq', 'dqs', ...(cfg.kvSplit ? (['dk', 'dv'] as Kind[]) : (['kv'] as Kind[]))];
   return Math.max(...kinds.map((k) => new FlashSgProgram(k, D, cfg, dims).workgroupBytes()));
 }
@@ -1170,7 +1378,7 @@ export function flashAttentionSg(q: tf.Tensor4D, k: tf.Tensor4D, v: tf.Tensor4D,
     dispatches.push({ kernel: prologue, tensors: [qi, ki, vi, q16, k16, v16], uniform: prologue.uniform() });
     const stats = uninitialised([B * H * Tp * 2]);
     const oPad = uninitialised([B, H, Tp, D]);
-    const dims = { B, H, T, S };
+    const dims = { B, H, KV, T, S };
     if (cfg.fwd1) {
       dispatches.push({ kernel: new FlashSgProgram('fwd', D, cfg, dims), tensors: [q16, k16, v16, mi ?? q16, oPad, stats], uniform: uni });
     } else {
@@ -1196,11 +1404,12 @@ export function flashAttentionSg(q: tf.Tensor4D, k: tf.Tensor4D, v: tf.Tensor4D,
         const gs = new GroupSumProgram(D, B, H, KV, S);
         const dk = uninitialised([B, KV, S, D]);
         const dv = uninitialised([B, KV, S, D]);
-        const dims = { B, H, T, S };
+        const dims = { B, H, KV, T, S };
         // dS stored by the kv kernel (f16 [B, H, Sp, Tp]) when it fits: dQ is then a plain matmul
         const bcfg = cfg.dsStored && B * H * Sp * Tp * 2 <= DS_MAX_BYTES ? cfg : { ...cfg, dsStored: false };
         const ds = bcfg.dsStored ? uninitialised([(B * H * Sp * Tp) / 2], 'int32') : undefined;
         const kvKinds: Kind[] = cfg.kvSplit ? ['dk', 'dv'] : ['kv'];
+
         runOwn([
           { kernel: prep, tensors: [dy, so, do16, delta], uniform: prep.uniform() },
           ...(ds ? [] : [{ kernel: new FlashSgProgram('dq', D, bcfg, dims), tensors: [...ins, dqPad], uniform: uni }]),

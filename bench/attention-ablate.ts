@@ -197,7 +197,7 @@ function check(): void {
   for (const CONFIG of CONFIGS) {
   const cfg = parseSgConfig(CONFIG);
   for (const [kind, edits] of [['fwd', FWD], ['kv', KV], ['dqs', DQS]] as const) {
-    const src = new FlashSgProgram(kind, 128, cfg, { B: 1, H: 16, KV: 8, T: 2048, S: 2048 }).getUserCode();
+    const src = new FlashSgProgram(kind, 128, cfg, { B: 1, H: 16, T: 2048, S: 2048 }).getUserCode();
     for (const [variant, edit] of Object.entries(edits)) {
       const code = keepBindings(edit(src));
       closing(code, code.indexOf('{', code.indexOf('fn main(')));

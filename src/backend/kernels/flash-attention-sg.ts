@@ -305,7 +305,7 @@ export class FlashSgProgram implements OwnKernel {
   /** 16-row blocks a subgroup owns (2 for dqs under config dqsRows2) */
   readonly rb: number;
 
-  constructor(readonly kind: Kind, readonly headDim: number, readonly cfg: SgAttentionConfig, dims: { B: number; H: number; KV: number; T: number; S: number }) {
+  constructor(readonly kind: Kind, readonly headDim: number, readonly cfg: SgAttentionConfig, dims: { B: number; H: number; T: number; S: number }) {
     if (headDim % 16 !== 0) throw new RangeError(`flash attention (subgroup matrix): head_dim ${headDim} is not a multiple of 16`);
     const keyOwner = kind === 'kv' || kind === 'dk' || kind === 'dv';
     this.nsg = keyOwner ? cfg.nsgKv : cfg.nsg;
@@ -321,11 +321,6 @@ export class FlashSgProgram implements OwnKernel {
   }
 
   /** Input names, in binding order. */
-  inputs(): string[] {
-    return FlashSgProgram.inputs(this.kind);
-  }
-
-  /** Input names of a kind, in binding order. */
   static inputs(kind: Kind): string[] {
     switch (kind) {
       case 'stats': return ['Q16', 'K16', 'MI'];
@@ -410,7 +405,7 @@ export class FlashSgProgram implements OwnKernel {
     const D = this.headDim, DV = D / 8, RS = DV + 1, BT = this.bt, NSG = this.nsg, BO = 16 * NSG * this.rb;
     const SS = BT + 4, PS = BT / 8 + 1;
     const k = this.kind;
-    const ins = this.inputs();
+    const ins = FlashSgProgram.inputs(k);
     const types: Record<string, string> = { Q16: 'array<vec4<u32>>', K16: 'array<vec4<u32>>', V16: 'array<vec4<u32>>', DO16: 'array<vec4<u32>>', DS: 'array<vec4<u32>>', DSO: 'array<vec4<u32>>', MI: 'array<i32>', ST: 'array<f32>', DL: 'array<f32>' };
     const nsc = k === 'dqs' ? 0 : this.pairedFwd() ? 2 : k === 'stats' || k === 'out' || k === 'fwd' || k === 'dv' ? 1 : 2;
     const outs = this.outputs();
@@ -479,20 +474,19 @@ var<workgroup> wgU : u32;`;
    */
   private scores(f: Frag, chains: Chain[]): string {
     const NT = this.bt / 16, NF = this.headDim / 16;
-    const lhs = (ch: Chain, c: number) => `${ch.l}${c}`;
     const right = (ch: { r: string }, j: number, c: number) => f.load('SR', 'Tl', 'col', `${ch.r}${16 * j}u * RS + ${2 * c}u`, 'RS');
     const store = (ch: { st: string }, j: number, v: string) => f.store('Sc', this.scOff(`${ch.st}sg * 16u * SS + ${16 * j}u`), v, this.scStride());
     if (!this.cfg.interleave) {
       return lines(NT, (j) => `{
       ${chains.map((ch) => `var ${ch.n} = SA();
-      ${lines(NF, (c) => `${ch.n} = ${f.mma(lhs(ch, c), right(ch, j, c), ch.n)};`)}
+      ${lines(NF, (c) => `${ch.n} = ${f.mma(`${ch.l}${c}`, right(ch, j, c), ch.n)};`)}
       ${store(ch, j, ch.n)}`).join('\n      ')}
     }`);
     }
     const each = (g: (ch: Chain, j: number) => string) => chains.map((ch) => lines(NT, (j) => g(ch, j))).join('\n      ');
     return `{
       ${each((ch, j) => `var ${ch.n}${j} = SA();`)}
-      ${lines(NF, (c) => each((ch, j) => `${ch.n}${j} = ${f.mma(lhs(ch, c), right(ch, j, c), `${ch.n}${j}`)};`))}
+      ${lines(NF, (c) => each((ch, j) => `${ch.n}${j} = ${f.mma(`${ch.l}${c}`, right(ch, j, c), `${ch.n}${j}`)};`))}
       ${each((ch, j) => store(ch, j, `${ch.n}${j}`))}
     }`;
   }
@@ -1344,7 +1338,7 @@ const configFor = new Map<string, SgAttentionConfig | undefined>();
 
 /** Workgroup bytes the largest kernel of `cfg` needs at head dim D. */
 export function sgWorkgroupBytes(D: number, cfg: SgAttentionConfig): number {
-  const dims = { B: 1, H: 1, KV: 1, T: 1, S: 1 };
+  const dims = { B: 1, H: 1, T: 1, S: 1 };
   const kinds: Kind[] = [...(cfg.fwd1 ? (['fwd'] as Kind[]) : (['stats', 'out'] as Kind[])), 'dq', 'dqs', ...(cfg.kvSplit ? (['dk', 'dv'] as Kind[]) : (['kv'] as Kind[]))];
   return Math.max(...kinds.map((k) => new FlashSgProgram(k, D, cfg, dims).workgroupBytes()));
 }
@@ -1378,7 +1372,7 @@ export function flashAttentionSg(q: tf.Tensor4D, k: tf.Tensor4D, v: tf.Tensor4D,
     dispatches.push({ kernel: prologue, tensors: [qi, ki, vi, q16, k16, v16], uniform: prologue.uniform() });
     const stats = uninitialised([B * H * Tp * 2]);
     const oPad = uninitialised([B, H, Tp, D]);
-    const dims = { B, H, KV, T, S };
+    const dims = { B, H, T, S };
     if (cfg.fwd1) {
       dispatches.push({ kernel: new FlashSgProgram('fwd', D, cfg, dims), tensors: [q16, k16, v16, mi ?? q16, oPad, stats], uniform: uni });
     } else {
@@ -1404,7 +1398,7 @@ export function flashAttentionSg(q: tf.Tensor4D, k: tf.Tensor4D, v: tf.Tensor4D,
         const gs = new GroupSumProgram(D, B, H, KV, S);
         const dk = uninitialised([B, KV, S, D]);
         const dv = uninitialised([B, KV, S, D]);
-        const dims = { B, H, KV, T, S };
+        const dims = { B, H, T, S };
         // dS stored by the kv kernel (f16 [B, H, Sp, Tp]) when it fits: dQ is then a plain matmul
         const bcfg = cfg.dsStored && B * H * Sp * Tp * 2 <= DS_MAX_BYTES ? cfg : { ...cfg, dsStored: false };
         const ds = bcfg.dsStored ? uninitialised([(B * H * Sp * Tp) / 2], 'int32') : undefined;

@@ -128,10 +128,10 @@ const DQS: Record<string, Edit> = {
 
 async function timeKernel(d: OwnDispatch, n: number): Promise<number> {
   const queue = getGpuDevice().queue;
-  runOwn([d]);
+  runOwn([d], true);
   await queue.onSubmittedWorkDone();
   const t0 = performance.now();
-  runOwn(Array.from({ length: n }, () => d));
+  runOwn(Array.from({ length: n }, () => d), true);
   await queue.onSubmittedWorkDone();
   return (performance.now() - t0) / n;
 }
@@ -172,7 +172,7 @@ async function ablate(CONFIG: string, name: string, H: number, KV_: number, T: n
         const kernel: OwnKernel = { shaderKey: `${d.kernel.shaderKey}_ablate_${variant.replace(/\W+/g, '_')}`, dispatch: d.kernel.dispatch, getUserCode: () => code };
         const gpu = getGpuDevice();
         gpu.pushErrorScope('validation');
-        runOwn([{ ...d, kernel }]);
+        runOwn([{ ...d, kernel }], true);
         await gpu.queue.onSubmittedWorkDone();
         const err = await gpu.popErrorScope();
         if (err) throw new Error(err.message.split('\n').slice(0, 6).join(' | '));

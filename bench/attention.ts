@@ -12,6 +12,8 @@
 //   GPU box:  ../shared/gpu/pack.sh bench/attention.ts, then
 //             source .gpu/setup.sh && node .gpu/attention.mjs --out $OUT/attention.jsonl [--configs a,b] [--budget-s 200]
 //             [--no-fp32] [--shapes qwen3-0.6b:2048,...] [--cpu-prof FILE: V8 profile of 200 f16 fwd+bwd at seq 512]
+//             [--reps N: runs per timing round (default: 10 at seq 2048, 20 below, more to fill 100 ms)]
+//             [--skip halfpad,prep+groupsum: ablation rows, see SKIPS]
 // Output: one JSON line per measurement (appended to --out as it goes, so a cut-off run keeps its lines).
 
 import * as fs from 'node:fs';
@@ -36,6 +38,10 @@ const CONFIGS = (value('--configs') ?? sgConfigKey(DEFAULT_SG_CONFIG)).split(','
 const NO_FP32 = argv.includes('--no-fp32');
 const SHAPES = value('--shapes')?.split(',');
 const CPU_PROF = value('--cpu-prof');
+const REPS = value('--reps');
+// --skip halfpad,prep+groupsum: also time fwd+bwd with those dispatches left out (each comma item one row,
+// '+' joins names; the results are wrong by design: what each dispatch costs inside the pipeline)
+const SKIPS = value('--skip')?.split(',') ?? [];
 const started = performance.now();
 let device = 'unknown';
 
@@ -142,20 +148,25 @@ async function checkConfigs(wgMax: number): Promise<SgAttentionConfig[]> {
 
 const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[xs.length >> 1];
 
+/** Shortest round of the timing (ms): the first run's issue and the read-back that ends a round are fixed costs. */
+const ROUND_MS = SMALL ? 0 : 100;
+
 /**
- * ms per run: two warm-up runs (pipelines compiled, tfjs's buffer pool filled), then 3 rounds of `reps`
- * runs queued back to back, each round ended by a read-back of one element; the median round. Also the
- * CPU time spent issuing a run (the round's loop without the read-back): when it is close to ms, the
- * CPU, not the GPU, sets the pace.
+ * ms per run: two warm-up runs (pipelines compiled, tfjs's buffer pool filled), then 5 rounds of `reps`
+ * runs queued back to back (more when `reps` runs take less than ROUND_MS), each round ended by a
+ * read-back of one element; the median round. Also the CPU time spent issuing a run (the round's loop
+ * without the read-back): when it is close to ms, the CPU, not the GPU, sets the pace.
  */
-async function time(run: () => tf.Tensor[], reps: number): Promise<{ ms: number; issueMs: number }> {
+async function time(run: () => tf.Tensor[], minReps: number): Promise<{ ms: number; issueMs: number; reps: number }> {
   let last = run();
   await drain(last[0]);
   tf.dispose(last);
+  const w0 = performance.now();
   last = run();
   await drain(last[0]);
+  const reps = REPS ? minReps : Math.max(minReps, Math.ceil(ROUND_MS / (performance.now() - w0)));
   const rounds: number[] = [], issues: number[] = [];
-  for (let round = 0; round < 3; round++) {
+  for (let round = 0; round < 5; round++) {
     const t0 = performance.now();
     for (let i = 0; i < reps; i++) {
       tf.dispose(last);
@@ -167,14 +178,14 @@ async function time(run: () => tf.Tensor[], reps: number): Promise<{ ms: number;
     issues.push((t1 - t0) / reps);
   }
   tf.dispose(last);
-  return { ms: median(rounds), issueMs: median(issues) };
+  return { ms: median(rounds), issueMs: median(issues), reps };
 }
 
 /**
  * GPU time of each of our own dispatches in one run (fwd+bwd): the run's runOwn dispatches are recorded
  * (their tensors kept), then each is replayed `n` times in one compute pass, timed to queue completion.
  */
-async function kernelTimes(run: () => tf.Tensor[], keepOut: tf.Tensor[], n: number): Promise<{ kernel: string; ms: number }[]> {
+async function kernelTimes(run: () => tf.Tensor[], keepOut: tf.Tensor[], n: number): Promise<{ kernel: string; ms: number; marginal_ms: number }[]> {
   const recorded: OwnDispatch[] = [];
   recordOwnDispatches((ds) => { for (const d of ds) { d.tensors.forEach((t) => tf.keep(t)); recorded.push(d); } });
   let out: tf.Tensor[];
@@ -185,14 +196,19 @@ async function kernelTimes(run: () => tf.Tensor[], keepOut: tf.Tensor[], n: numb
   }
   await drain(out[0]);
   const queue = getGpuDevice().queue;
-  const times: { kernel: string; ms: number }[] = [];
+  const times: { kernel: string; ms: number; marginal_ms: number }[] = [];
   for (const d of recorded) {
-    runOwn([d]);
+    runOwn([d], true);
     await queue.onSubmittedWorkDone();
     const t0 = performance.now();
-    runOwn(Array.from({ length: n }, () => d));
+    runOwn(Array.from({ length: n }, () => d), true);
     await queue.onSubmittedWorkDone();
-    times.push({ kernel: d.kernel.shaderKey.replace('tsft_flash_sg_', ''), ms: Number(((performance.now() - t0) / n).toPrecision(3)) });
+    const t1 = performance.now();
+    runOwn(Array.from({ length: 4 * n }, () => d), true);
+    await queue.onSubmittedWorkDone();
+    const t2 = performance.now();
+    // per dispatch: n in one pass (with the submit and wait), and the marginal cost of 3n more
+    times.push({ kernel: d.kernel.shaderKey.replace('tsft_flash_sg_', ''), ms: Number(((t1 - t0) / n).toPrecision(3)), marginal_ms: Number(((t2 - t1 - (t1 - t0)) / (3 * n)).toPrecision(3)) });
   }
   const own = new Set(recorded.flatMap((d) => d.tensors).filter((t) => !keepOut.includes(t)));
   tf.dispose([...own, ...out]);
@@ -211,14 +227,20 @@ async function timeShape(name: string, H: number, KV: number, T: number, D: numb
     ['stock', (a, b, c) => gqaAttention(a, b, c, bias)],
   ];
   const fwdFlops = (4 * H * T * T * D) / 2; // causal, FlashAttention's convention; fwd+bwd = 3.5×
-  const reps = SMALL ? 2 : T >= 2048 ? 10 : 20;
-  for (const [impl, f] of impls) {
+  const reps = REPS ? Number(REPS) : SMALL ? 2 : T >= 2048 ? 10 : 20;
+  const skipRuns = SKIPS.flatMap((set) => configs.map((cfg): [string, Attend, string[]] => [`f16 ${sgConfigKey(cfg)} -${set}`, (a, b, c) => flashAttentionSg(a, b, c, { past: 0, config: cfg }), set.split('+')]));
+  for (const [impl, f, skip] of [...impls.map(([i, f]): [string, Attend, string[]] => [i, f, []]), ...skipRuns]) {
+    const hook = (ds: OwnDispatch[]) => ds.filter((d) => !skip.some((n) => d.kernel.shaderKey.includes(`_${n}_`)));
     for (const pass of ['fwd', 'fwd+bwd'] as const) {
+      if (skip.length && pass === 'fwd') continue;
       if (performance.now() - started > BUDGET_MS) { emit({ bench: 'attention', name, impl, pass, skipped: 'budget' }); continue; }
       try {
         const g = (a: tf.Tensor, b: tf.Tensor, c: tf.Tensor) => f(a as tf.Tensor4D, b as tf.Tensor4D, c as tf.Tensor4D);
-        const { ms, issueMs } = await checked(() => time(() => tf.tidy(() => (pass === 'fwd' ? [g(q, k, v)] : tf.grads(g)([q, k, v], dy))), reps));
-        emit({ bench: 'attention', name, heads: H, kv_heads: KV, seq: T, head_dim: D, impl, pass, ms: Number(ms.toPrecision(4)), issue_ms: Number(issueMs.toPrecision(3)), tflops: Number(((pass === 'fwd' ? 1 : 3.5) * fwdFlops / ms / 1e9).toPrecision(3)) });
+        const run = () => tf.tidy(() => (pass === 'fwd' ? [g(q, k, v)] : tf.grads(g)([q, k, v], dy)));
+        const hooked = () => { recordOwnDispatches(hook); try { return run(); } finally { recordOwnDispatches(null); } };
+        const t = await checked(() => time(skip.length ? hooked : run, reps));
+        const { ms, issueMs } = t;
+        emit({ bench: 'attention', name, heads: H, kv_heads: KV, seq: T, head_dim: D, impl, pass, ms: Number(ms.toPrecision(4)), issue_ms: Number(issueMs.toPrecision(3)), reps: t.reps, tflops: Number(((pass === 'fwd' ? 1 : 3.5) * fwdFlops / ms / 1e9).toPrecision(3)) });
       } catch (e) {
         emit({ bench: 'attention', name, impl, pass, error: errorText(e) });
       }

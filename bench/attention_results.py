@@ -3,7 +3,7 @@
 # the default f16 config against torch bf16), ratio = reference / ours.
 #
 #   python3 bench/attention_results.py attention.jsonl attention-ref.jsonl bench/results/<date>-attention.json \
-#     nsg4_bt32_dq16_kv4x32_hf_il_rs_v4_dr2_dsw_db [date]
+#     nsg4_bt32_dq16_kv4x32_hf_il_rs_v4_dr2_dsw_db_df [date]
 import datetime, json, sys
 ours_path, ref_path, outp, default = sys.argv[1:5]
 date = sys.argv[5] if len(sys.argv) > 5 else datetime.date.today().isoformat()

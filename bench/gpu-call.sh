@@ -8,7 +8,7 @@
 #   here:  tar xzf <files_at>/results.tgz -C DIR, then (bench/README.md):
 #          npx tsx bench/report.ts --name <device>-issues-7-8 DIR/ours.jsonl DIR/ref.jsonl
 #          npx tsx bench/cross-entropy.ts --merge DIR/ce-ours.json DIR/ce-ref.json --out bench/results/<date>-cross-entropy.json
-#          python3 bench/attention_results.py DIR/attention.jsonl DIR/attention-ref.jsonl bench/results/<date>-attention.json nsg4_bt32_dq16_kv4x32_hf_il_rs_v4_dr2_dsw_db
+#          python3 bench/attention_results.py DIR/attention.jsonl DIR/attention-ref.jsonl bench/results/<date>-attention.json nsg4_bt32_dq16_kv4x32_hf_il_rs_v4_dr2_dsw_db_df
 #          npx tsx bench/mixed-curve.ts --plot DIR/mixed-curve.json
 #
 # parts (run in the order given): steps, curve, ce, attention, tests, profile (default: all but profile).

@@ -201,7 +201,7 @@ describe('f16 tensor-core kernels vs the cpu backend (forward and backward)', ()
     });
   }
 
-  test('the other kernel variants give the same: two-pass forward, dQ recomputed (no stored dS), no prefetch, heavy-first grid, interleaved scores, staged row stats, vec4 lane steps, 32-row dQ subgroups, dS staged in dQ, double-buffered V, the previous default', async (t) => {
+  test('the other kernel variants give the same: two-pass forward, dQ recomputed (no stored dS), no prefetch, heavy-first grid, interleaved scores, staged row stats, vec4 lane steps, 32-row dQ subgroups, dS staged in dQ, double-buffered V, dQ key tiles without per-block conditions, the previous default', async (t) => {
     if (!needGpu(t)) return;
     await initDevice('webgpu', { quiet: true });
     const path = withComputeDtype('float16', () => flashAttentionPath(128));
@@ -209,7 +209,7 @@ describe('f16 tensor-core kernels vs the cpu backend (forward and backward)', ()
       t.skip(`the adapter has no f16 subgroup matrices with subgroups of 32 (path '${path}'); the GPU box runs these`);
       return;
     }
-    for (const key of ['nsg4_bt32_dq16_kv4x16_dqre', 'nsg4_bt32_dq16_kv4x16_2pass_nopf_dqre', 'nsg4_bt32_dq16_kv4x16_hf_il_rs', 'nsg2_bt64_dq16_kv2x32_hf_il_rs_nopf', 'nsg4_bt32_dq16_kv4x32_hf_il_rs_pr', 'nsg2_bt32_dq16_kv4x32_pr_nopf', 'nsg4_bt32_dq16_kv4x32_hf_il_rs_v4_pr_dsw', 'nsg4_bt32_dq16_kv4x16_v4_nopf_dr2', 'nsg4_bt32_dq16_kv4x32_v4_dsw_db', 'nsg4_bt32_dq16_kv4x32_hf_il_rs', 'nsg4_bt32_dq16_kv4x32_hf_il_rs_v4_dr2_dsw_db']) {
+    for (const key of ['nsg4_bt32_dq16_kv4x16_dqre', 'nsg4_bt32_dq16_kv4x16_2pass_nopf_dqre', 'nsg4_bt32_dq16_kv4x16_hf_il_rs', 'nsg2_bt64_dq16_kv2x32_hf_il_rs_nopf', 'nsg4_bt32_dq16_kv4x32_hf_il_rs_pr', 'nsg2_bt32_dq16_kv4x32_pr_nopf', 'nsg4_bt32_dq16_kv4x32_hf_il_rs_v4_pr_dsw', 'nsg4_bt32_dq16_kv4x16_v4_nopf_dr2', 'nsg4_bt32_dq16_kv4x32_v4_dsw_db', 'nsg2_bt32_dq16_kv2x32_dr2_df', 'nsg4_bt32_dq16_kv4x32_hf_il_rs', 'nsg4_bt32_dq16_kv4x32_hf_il_rs_v4_dr2_dsw_db']) {
       const cfg = parseSgConfig(key);
       for (const c of [CASES[0], CASES[1]]) {
         const got = await runCase(c, (q, k, v, o) => flashAttentionSg(q, k, v, { attentionMask: o?.attentionMask, past: o?.past ?? 0, config: cfg }));

@@ -15,7 +15,7 @@ import '../src/backend/gradients';
 import { initDevice, shutdownDevice } from '../src/backend/device';
 import { adamwStepFused, globalGradNorm, type AdamWHyper, type AdamWSlot } from '../src/backend/kernels/adamw';
 import { crossEntropyFromHidden, crossEntropyStock } from '../src/backend/kernels/cross-entropy';
-import { matMulTiled, parseTile, TILE_128, TILE_64, type MatmulTile } from '../src/backend/kernels/program';
+import { bindGroupFor, constantUniform, gpuBufferOf, matMulTiled, parseTile, pipelineFor, recordDispatch, uninitialised, webgpuBackend, TILE_128, TILE_64, type MatmulTile } from '../src/backend/kernels/program';
 import { rmsNormFused } from '../src/backend/kernels/rms-norm';
 import { applyRopeFused } from '../src/backend/kernels/rope';
 import { siluGateFused } from '../src/backend/kernels/swiglu';
@@ -169,6 +169,40 @@ describe('cross-entropy reference past 2^24 logits', () => {
     const got = await rows.data();
     tf.dispose([h, w, tg, dw, rows]);
     assertClose([got], [want], 'dW rows 100000..100002', 1e-4);
+  });
+});
+
+describe('issuing own dispatches (program.ts)', () => {
+  test('bind groups and uniform buffers are made once per pipeline + buffers / per content, and bind what they were given', async (t) => {
+    if (!(await onGpu(t))) return;
+    const device = webgpuBackend().device;
+    const scale = {
+      shaderKey: 'tsft_test_scale',
+      getUserCode: () => `struct U { n : u32, k : u32, }
+@group(0) @binding(0) var<storage, read> X : array<f32>;
+@group(0) @binding(1) var<storage, read_write> Y : array<f32>;
+@group(0) @binding(2) var<uniform> u : U;
+@compute @workgroup_size(64)
+fn main(@builtin(global_invocation_id) gid : vec3<u32>) {
+  if (gid.x < u.n) { Y[gid.x] = X[gid.x] * f32(u.k); }
+}`,
+    };
+    const pipeline = pipelineFor(device, scale);
+    const u3 = constantUniform(device, Uint32Array.from([5, 3]));
+    assert.equal(constantUniform(device, Uint32Array.from([5, 3])), u3, 'same words: same buffer');
+    const u7 = constantUniform(device, Uint32Array.from([5, 7]));
+    assert.notEqual(u7, u3, 'other words: another buffer');
+    const a = tf.tensor1d([1, 2, 3, 4, 5]), b = tf.tensor1d([10, 20, 30, 40, 50]);
+    const run = (x: tf.Tensor, u: GPUBuffer) => {
+      const y = uninitialised([5]);
+      const buffers = [gpuBufferOf(x), gpuBufferOf(y), u];
+      assert.equal(bindGroupFor(device, pipeline, buffers), bindGroupFor(device, pipeline, buffers), 'same buffers: same bind group');
+      recordDispatch([{ pipeline, buffers, workgroups: [1, 1, 1] }], [x, y]);
+      return y;
+    };
+    const ys = [run(a, u3), run(b, u3), run(a, u7), run(b, u7)];
+    assert.deepEqual(await Promise.all(ys.map(async (y) => Array.from(await y.data()))), [[3, 6, 9, 12, 15], [30, 60, 90, 120, 150], [7, 14, 21, 28, 35], [70, 140, 210, 280, 350]]);
+    tf.dispose([a, b, ...ys]);
   });
 });
 

@@ -31,7 +31,8 @@
 // Between the matrix ops S / dP go through workgroup memory (f32) where every thread of the workgroup
 // applies the mask and softmax to half a row, and P / dS come back as f16 for the next multiply.
 // Δ = rowsum(dO ∘ O) and the f16 dO come from one prologue pass (`prep`). A forward is 2 dispatches (3
-// with a mask) and one queue submit; a backward 5 dispatches and one submit.
+// with a mask), a backward 4 (5 recomputing dS), recorded into tfjs's command stream (submitted with its
+// batch) with cached bind groups and uniforms: issuing them is most of the CPU time of an attention call.
 //
 // `emulate: true` generates the same kernels with the subgroup-matrix builtins replaced by plain WGSL
 // (a fragment = array<f32, 256> per invocation, each lane computing its 8 result elements): no f16, no
@@ -41,7 +42,7 @@
 import * as tf from '@tensorflow/tfjs-core';
 import { MASKED } from '../../model/attention';
 import { SUBGROUP_MATRIX_WGSL } from './matmul-f16';
-import { gpuBufferOf, gridFor, pipelineFor, uninitialised, webgpuBackend, type BackendInternals } from './program';
+import { constantUniform, gpuBufferOf, gridFor, pipelineFor, recordDispatch, uninitialised, webgpuBackend } from './program';
 
 /** Sequence padding of the f16 copies (a multiple of every tile's rows). */
 export const PAD = 128;
@@ -100,21 +101,23 @@ export interface SgAttentionConfig {
    * lane step runs: two workgroup barriers per key tile instead of five
    */
   doubleV: boolean;
+  /** dqs: key tiles that every query row of the subgroup sees whole run their multiplies without the per-block conditions */
+  dqsFull: boolean;
   /** plain-WGSL stand-ins for the subgroup-matrix builtins (lavapipe) */
   emulate: boolean;
 }
 
 // the fastest of those measured (bench/results/2026-11-28-attention.md); ≤ 46 KiB of workgroup memory at head_dim 128
-// (the kv kernel: 32-query tiles); `nsg4_bt32_dq16_kv4x32_hf_il_rs_v4_dr2_dsw_db`
-export const DEFAULT_SG_CONFIG: SgAttentionConfig = { nsg: 4, bt: 32, btDq: 16, btDqs: 64, nsgKv: 4, btKv: 32, kvSplit: false, fwd1: true, prefetch: true, dsStored: true, heavyFirst: true, interleave: true, rowStats: true, pairs: false, vec4: true, dqsRows2: true, dsStaged: true, doubleV: true, emulate: false };
+// (the kv kernel: 32-query tiles); `nsg4_bt32_dq16_kv4x32_hf_il_rs_v4_dr2_dsw_db_df`
+export const DEFAULT_SG_CONFIG: SgAttentionConfig = { nsg: 4, bt: 32, btDq: 16, btDqs: 64, nsgKv: 4, btKv: 32, kvSplit: false, fwd1: true, prefetch: true, dsStored: true, heavyFirst: true, interleave: true, rowStats: true, pairs: false, vec4: true, dqsRows2: true, dsStaged: true, doubleV: true, dqsFull: true, emulate: false };
 
 /**
- * Parses `nsg4_bt64_dq32_ds64_kv4x32[_split][_2pass][_nopf][_dqre][_hf][_il][_rs][_pr][_v4][_dr2][_dsw][_db][_emu]`
+ * Parses `nsg4_bt64_dq32_ds64_kv4x32[_split][_2pass][_nopf][_dqre][_hf][_il][_rs][_pr][_v4][_dr2][_dsw][_db][_df][_emu]`
  * (what sgConfigKey writes): missing tile sizes and switches keep the defaults, except the switches from hf on, which
  * are on only when named (`nsg4_bt32_dq16_kv4x16` is the kernels before them).
  */
 export function parseSgConfig(s: string, base: SgAttentionConfig = DEFAULT_SG_CONFIG): SgAttentionConfig {
-  const c = { ...base, heavyFirst: false, interleave: false, rowStats: false, pairs: false, vec4: false, dqsRows2: false, dsStaged: false, doubleV: false };
+  const c = { ...base, heavyFirst: false, interleave: false, rowStats: false, pairs: false, vec4: false, dqsRows2: false, dsStaged: false, doubleV: false, dqsFull: false };
   for (const part of s.split('_').filter(Boolean)) {
     let m: RegExpExecArray | null;
     if ((m = /^nsg(\d+)$/.exec(part))) c.nsg = Number(m[1]);
@@ -134,6 +137,7 @@ export function parseSgConfig(s: string, base: SgAttentionConfig = DEFAULT_SG_CO
     else if (part === 'dr2') c.dqsRows2 = true;
     else if (part === 'dsw') c.dsStaged = true;
     else if (part === 'db') c.doubleV = true;
+    else if (part === 'df') c.dqsFull = true;
     else if (part === 'emu') c.emulate = true;
     else throw new RangeError(`attention config '${s}': unknown part '${part}' (e.g. nsg4_bt64_dq32_kv4x32_split)`);
   }
@@ -141,7 +145,7 @@ export function parseSgConfig(s: string, base: SgAttentionConfig = DEFAULT_SG_CO
 }
 
 export function sgConfigKey(c: SgAttentionConfig): string {
-  return `nsg${c.nsg}_bt${c.bt}_dq${c.btDq}${c.btDqs === 64 ? '' : `_ds${c.btDqs}`}_kv${c.nsgKv}x${c.btKv}${c.kvSplit ? '_split' : ''}${c.fwd1 ? '' : '_2pass'}${c.prefetch ? '' : '_nopf'}${c.dsStored ? '' : '_dqre'}${c.heavyFirst ? '_hf' : ''}${c.interleave ? '_il' : ''}${c.rowStats ? '_rs' : ''}${c.pairs ? '_pr' : ''}${c.vec4 ? '_v4' : ''}${c.dqsRows2 ? '_dr2' : ''}${c.dsStaged ? '_dsw' : ''}${c.doubleV ? '_db' : ''}${c.emulate ? '_emu' : ''}`;
+  return `nsg${c.nsg}_bt${c.bt}_dq${c.btDq}${c.btDqs === 64 ? '' : `_ds${c.btDqs}`}_kv${c.nsgKv}x${c.btKv}${c.kvSplit ? '_split' : ''}${c.fwd1 ? '' : '_2pass'}${c.prefetch ? '' : '_nopf'}${c.dsStored ? '' : '_dqre'}${c.heavyFirst ? '_hf' : ''}${c.interleave ? '_il' : ''}${c.rowStats ? '_rs' : ''}${c.pairs ? '_pr' : ''}${c.vec4 ? '_v4' : ''}${c.dqsRows2 ? '_dr2' : ''}${c.dsStaged ? '_dsw' : ''}${c.doubleV ? '_db' : ''}${c.dqsFull ? '_df' : ''}${c.emulate ? '_emu' : ''}`;
 }
 
 // ---------------------------------------------------------------------------------------------------
@@ -856,6 +860,10 @@ ${MASK_SCORE_WGSL}`;
       let e = lid + i * WG;
       ${(BT * BO) / 8 % this.wg === 0 ? body : `if (e < BT * BO8) { ${body} }`}
     }`;
+    // the dS fragment of key block j for the subgroup's row block r
+    const dsFrag = (j: number, r: number) => dsw
+      ? f.load('SL', 'Tl', 'col', `DOFF + ${16 * j}u * DRS + (sg * ${16 * R}u + ${16 * r}u) / 8u`, 'DRS')
+      : f.load('SL', 'DS', 'col', `(dsRow + k0 + ${16 * j}u) * TP8 + (t0 + ${16 * r}u) / 8u`, 'TP8');
     return `${decl}
 
 ${this.entry()}
@@ -894,12 +902,20 @@ ${this.entry()}
       ${fetch('pk', 'K16', 'kr0 + k0 + BT')}
       ${dsw ? eachDs('pds[i] = DS[(dsRow + k0 + BT + e / BO8) * TP8 + q0 / 8u + e % BO8];') : ''}
     }` : ''}
+    ${this.cfg.dqsFull && R > 1 ? `if (k0 + BT <= u.S && k0 + BT - 1u <= u.past + t0) {
+      // every row of this subgroup sees every key of the tile
+      ${lines(NT, (j) => `{
+        ${rows((r) => `let dsf${r} = ${dsFrag(j, r)};`)}
+        ${lines(NF, (c) => `{
+          let kf = ${f.load('SR', 'Tl', 'row', `${16 * j}u * RS + ${2 * c}u`, 'RS')};
+          ${rows((r) => `acc${r}_${c} = ${f.mma(`dsf${r}`, 'kf', `acc${r}_${c}`)};`)}
+        }`)}
+      }`)}
+    } else {` : ''}
     ${lines(NT, (j) => `{
       ${rows((r) => `let use${r} = k0 + ${16 * j}u < u.S && !(allSee${r} && k0 + ${16 * j}u > u.past + t0 + ${16 * r + 15}u);`)}
       if (${rows((r) => `use${r}`, ' || ')}) {
-        ${rows((r) => `let dsf${r} = ${dsw
-          ? f.load('SL', 'Tl', 'col', `DOFF + ${16 * j}u * DRS + (sg * ${16 * R}u + ${16 * r}u) / 8u`, 'DRS')
-          : f.load('SL', 'DS', 'col', `(dsRow + k0 + ${16 * j}u) * TP8 + (t0 + ${16 * r}u) / 8u`, 'TP8')};`)}
+        ${rows((r) => `let dsf${r} = ${dsFrag(j, r)};`)}
         ${lines(NF, (c) => R === 1
           ? `acc0_${c} = ${f.mma('dsf0', f.load('SR', 'Tl', 'row', `${16 * j}u * RS + ${2 * c}u`, 'RS'), `acc0_${c}`)};`
           : `{
@@ -908,6 +924,7 @@ ${this.entry()}
         }`)}
       }
     }`)}
+    ${this.cfg.dqsFull && R > 1 ? '}' : ''}
   }
   ${rows((r) => lines(NF, (c) => f.store('OUT', `((b * u.H + h) * u.Tp + t0 + ${16 * r}u) * D + ${16 * c}u`, `acc${r}_${c}`, 'D')))}
 }
@@ -1238,49 +1255,39 @@ export interface OwnDispatch {
   uniform: Uint32Array;
 }
 
-/** Each pipeline's bind group layout (getBindGroupLayout makes a new object per call). */
-const layouts = new WeakMap<GPUComputePipeline, GPUBindGroupLayout>();
+let ownRecorder: ((dispatches: OwnDispatch[]) => OwnDispatch[] | void) | null = null;
 
-let ownRecorder: ((dispatches: OwnDispatch[]) => void) | null = null;
-
-/** Benches: `f` sees every {@link runOwn} call's dispatches (to time each kernel alone); null stops it. */
-export function recordOwnDispatches(f: ((dispatches: OwnDispatch[]) => void) | null): void {
+/**
+ * Benches: `f` sees every {@link runOwn} call's dispatches (to time each kernel alone) and may return the
+ * dispatches to run instead (ablations); null stops it.
+ */
+export function recordOwnDispatches(f: ((dispatches: OwnDispatch[]) => OwnDispatch[] | void) | null): void {
   ownRecorder = f;
 }
 
 /**
- * Records the dispatches, in order, into one compute pass of tfjs's command encoder (each dispatch sees
- * what the previous ones wrote), then submits once: one submit per attention pass instead of one per kernel.
+ * Records the dispatches, in order, into tfjs's compute pass ({@link recordDispatch}: each dispatch sees what
+ * the previous ones wrote; tfjs submits them with its batch). `submit`: submit now (benches that wait for
+ * the queue).
  */
-export function runOwn(dispatches: OwnDispatch[]): void {
-  ownRecorder?.(dispatches);
+export function runOwn(dispatches: OwnDispatch[], submit = false): void {
+  dispatches = ownRecorder?.(dispatches) ?? dispatches;
   const backend = webgpuBackend();
   const device = backend.device;
-  const internals = backend as unknown as BackendInternals;
-  const encoded = dispatches.map(({ kernel, tensors, uniform }) => {
-    const size = Math.max(16, Math.ceil(uniform.byteLength / 16) * 16);
-    const ubuf = backend.bufferManager.acquireBuffer(size, GPUBufferUsage.UNIFORM | GPUBufferUsage.COPY_DST);
-    device.queue.writeBuffer(ubuf, 0, uniform.buffer, uniform.byteOffset, uniform.byteLength);
-    internals.uniformPendingDisposal.push(ubuf);
-    const pipeline = pipelineFor(device, kernel);
-    let layout = layouts.get(pipeline);
-    if (!layout) layouts.set(pipeline, (layout = pipeline.getBindGroupLayout(0)));
-    const bindGroup = device.createBindGroup({
-      layout,
-      entries: [...tensors.map((t) => ({ buffer: gpuBufferOf(t) })), { buffer: ubuf }].map((resource, binding) => ({ binding, resource })),
-    });
-    return { pipeline, bindGroup, dispatch: kernel.dispatch };
-  });
-  backend.ensureCommandEncoderReady();
-  backend.endComputePassEncoder();
-  const pass = internals.commandEncoder!.beginComputePass();
-  for (const e of encoded) {
-    pass.setPipeline(e.pipeline);
-    pass.setBindGroup(0, e.bindGroup);
-    pass.dispatchWorkgroups(...e.dispatch);
+  recordDispatch(
+    dispatches.map(({ kernel, tensors, uniform }) => ({
+      pipeline: pipelineFor(device, kernel),
+      buffers: [...tensors.map(gpuBufferOf), constantUniform(device, uniform)],
+      workgroups: kernel.dispatch,
+      label: kernel.shaderKey,
+    })),
+    dispatches.flatMap((d) => d.tensors),
+  );
+  if (submit) {
+    backend.ensureCommandEncoderReady(); // recordDispatch may have submitted already
+    backend.endComputePassEncoder();
+    backend.submitQueue();
   }
-  pass.end();
-  backend.submitQueue();
 }
 
 /** mask [B, S] (int32, 0 / non-zero) → [mask (0/1) of B·S keys | first visible key of each batch row (S if none)]. */

@@ -31,7 +31,7 @@
 
 import * as tf from '@tensorflow/tfjs-core';
 import { currentDevice, getGpuAdapterInfo } from '../device';
-import { ElementwiseProgram, gpuBufferOf, onWebGpu, recordDispatch, runProgram, sizeOf, uninitialised, webgpuBackend, type BackendInternals, type LayoutA, type LayoutB, pipelineFor } from './program';
+import { ElementwiseProgram, constantUniform, gpuBufferOf, onWebGpu, recordDispatch, runProgram, sizeOf, uninitialised, webgpuBackend, type LayoutA, type LayoutB, pipelineFor } from './program';
 
 // ---------------------------------------------------------------------------------------------------
 // Tiles
@@ -773,11 +773,7 @@ export function matMulF16(a: Operand, b: Operand, transposeA = false, transposeB
     // binding for subgroupMatrixStore targets), then cut to size
     const size = batch * S * M * N, padded = size * 4 < MIN_FRAGMENT_BYTES;
     const out = uninitialised(padded ? [MIN_FRAGMENT_BYTES / 4] : S > 1 ? [S, M, N] : outShape, 'float32');
-    const internals = backend as unknown as BackendInternals;
-    const ubuf = backend.bufferManager.acquireBuffer(48, GPUBufferUsage.UNIFORM | GPUBufferUsage.COPY_DST);
-    device.queue.writeBuffer(ubuf, 0, dimsBytes(dims));
-    internals.uniformPendingDisposal.push(ubuf);
-    const buffers = [gpuBufferOf(ha.packed), gpuBufferOf(hb.packed), gpuBufferOf(out), ubuf];
+    const buffers = [gpuBufferOf(ha.packed), gpuBufferOf(hb.packed), gpuBufferOf(out), constantUniform(device, dimsBytes(dims))];
     // into tfjs's compute pass, submitted with its batch (a pass and a submit per matmul cost ~0.1 ms of CPU)
     recordDispatch([{ pipeline: pipelineFor(device, program), buffers, workgroups: program.dispatch, label: `matMulF16 ${batch > 1 ? `${batch}×` : ''}${M}×${N}×${K}${S > 1 ? ` split ${S}` : ''}` }], [ha.packed, hb.packed, out]);
     if (S > 1) {

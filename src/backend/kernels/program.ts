@@ -95,7 +95,8 @@ export interface OwnDispatch {
  * WEBGPU_DEFERRED_SUBMIT_BATCH_SIZE dispatches, counting these). `tensors` are every tensor the dispatches
  * read or write: until the submit their buffers stay out of tfjs's pool even if they are disposed, so an
  * upload (queue.writeBuffer, which runs before the recorded work) cannot land in a buffer this work still
- * reads. Uniform buffers must be in `uniformPendingDisposal` (released after the submit) as tfjs's are.
+ * reads. Uniform buffers must be in `uniformPendingDisposal` (released after the submit) as tfjs's are, or
+ * come from {@link constantUniform}.
  */
 export function recordDispatch(dispatches: OwnDispatch[], tensors: tf.Tensor[]): void {
   const backend = webgpuBackend();
@@ -115,10 +116,7 @@ export function recordDispatch(dispatches: OwnDispatch[], tensors: tf.Tensor[]):
         timestampWrites: { querySet: b.querySet, beginningOfPassWriteIndex: 0, endOfPassWriteIndex: 1 },
       });
     }
-    const bindGroup = backend.device.createBindGroup({
-      layout: d.pipeline.getBindGroupLayout(0),
-      entries: d.buffers.map((buffer, binding) => ({ binding, resource: { buffer } })),
-    });
+    const bindGroup = bindGroupFor(backend.device, d.pipeline, d.buffers);
     pass!.setPipeline(d.pipeline);
     pass!.setBindGroup(0, bindGroup);
     pass!.dispatchWorkgroups(...d.workgroups);
@@ -506,4 +504,55 @@ export function pipelineFor(device: GPUDevice, program: ShaderSource): GPUComput
     byKey.set(program.shaderKey, p);
   }
   return p;
+}
+
+// Issuing a kernel costs CPU time (measured on the H200 box: ~36 µs per dispatch of flash attention's,
+// most of it createBindGroup and the uniform's acquire + writeBuffer). Both repeat from step to step: a
+// kernel's uniform words depend on shapes only, and tfjs's pool hands the same buffers back, so both are
+// cached. Oldest entries go past the caps; neither cache destroys anything (a dropped uniform or bind group
+// may still be used by submitted work; GPU memory of a destroyed tensor buffer is freed by its destroy()).
+
+const BIND_GROUPS_MAX = 4096;
+const UNIFORMS_MAX = 1024;
+const bindGroups = new WeakMap<GPUDevice, Map<string, GPUBindGroup>>();
+const uniforms = new WeakMap<GPUDevice, Map<string, GPUBuffer>>();
+const layouts = new WeakMap<GPUComputePipeline, GPUBindGroupLayout>();
+const objectIds = new WeakMap<object, number>();
+let nextObjectId = 1;
+
+function idOf(o: object): number {
+  let id = objectIds.get(o);
+  if (id === undefined) objectIds.set(o, (id = nextObjectId++));
+  return id;
+}
+
+function cached<V>(byDevice: WeakMap<GPUDevice, Map<string, V>>, device: GPUDevice, key: string, max: number, make: () => V): V {
+  let cache = byDevice.get(device);
+  if (!cache) byDevice.set(device, (cache = new Map()));
+  let v = cache.get(key);
+  if (v === undefined) {
+    v = make();
+    if (cache.size >= max) cache.delete(cache.keys().next().value as string);
+    cache.set(key, v);
+  }
+  return v;
+}
+
+/** The bind group (group 0) of `pipeline` over `buffers` at bindings 0, 1, …, made once per pipeline and buffers. */
+export function bindGroupFor(device: GPUDevice, pipeline: GPUComputePipeline, buffers: GPUBuffer[]): GPUBindGroup {
+  return cached(bindGroups, device, `${idOf(pipeline)}:${buffers.map(idOf).join(',')}`, BIND_GROUPS_MAX, () => {
+    let layout = layouts.get(pipeline);
+    if (!layout) layouts.set(pipeline, (layout = pipeline.getBindGroupLayout(0))); // a new object per call
+    return device.createBindGroup({ layout, entries: buffers.map((buffer, binding) => ({ binding, resource: { buffer } })) });
+  });
+}
+
+/** A uniform buffer holding `words`, written once and shared by every dispatch with the same words (never write it). */
+export function constantUniform(device: GPUDevice, words: Uint32Array): GPUBuffer {
+  return cached(uniforms, device, words.join(','), UNIFORMS_MAX, () => {
+    const buf = device.createBuffer({ size: Math.max(16, Math.ceil(words.byteLength / 16) * 16), usage: GPUBufferUsage.UNIFORM, mappedAtCreation: true });
+    new Uint32Array(buf.getMappedRange()).set(words);
+    buf.unmap();
+    return buf;
+  });
 }

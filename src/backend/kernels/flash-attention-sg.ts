@@ -1271,7 +1271,8 @@ export function recordOwnDispatches(f: ((dispatches: OwnDispatch[]) => OwnDispat
  * the queue).
  */
 export function runOwn(dispatches: OwnDispatch[], submit = false): void {
-  dispatches = ownRecorder?.(dispatches) ?? dispatches;
+  const hooked = ownRecorder?.(dispatches);
+  if (Array.isArray(hooked)) dispatches = hooked;
   const backend = webgpuBackend();
   const device = backend.device;
   recordDispatch(

@@ -490,20 +490,28 @@ export interface ShaderSource {
   getUserCode(): string;
 }
 
+/** `make()` for `key` on `device` once; past `max` entries the oldest is dropped (not destroyed). */
+function cached<V>(byDevice: WeakMap<GPUDevice, Map<string, V>>, device: GPUDevice, key: string, max: number, make: () => V): V {
+  let cache = byDevice.get(device);
+  if (!cache) byDevice.set(device, (cache = new Map()));
+  let v = cache.get(key);
+  if (v === undefined) {
+    v = make();
+    if (cache.size >= max) cache.delete(cache.keys().next().value as string);
+    cache.set(key, v);
+  }
+  return v;
+}
+
 /** Pipelines by device and shader key. */
 const pipelines = new WeakMap<GPUDevice, Map<string, GPUComputePipeline>>();
 
 /** The (cached) compute pipeline of `program` on `device` (entry point `main`, layout from the shader). */
 export function pipelineFor(device: GPUDevice, program: ShaderSource): GPUComputePipeline {
-  let byKey = pipelines.get(device);
-  if (!byKey) pipelines.set(device, (byKey = new Map()));
-  let p = byKey.get(program.shaderKey);
-  if (!p) {
+  return cached(pipelines, device, program.shaderKey, Infinity, () => {
     const module = device.createShaderModule({ code: program.getUserCode(), label: program.shaderKey });
-    p = device.createComputePipeline({ layout: 'auto', compute: { module, entryPoint: 'main' }, label: program.shaderKey });
-    byKey.set(program.shaderKey, p);
-  }
-  return p;
+    return device.createComputePipeline({ layout: 'auto', compute: { module, entryPoint: 'main' }, label: program.shaderKey });
+  });
 }
 
 // Issuing a kernel costs CPU time (measured on the H200 box: ~36 µs per dispatch of flash attention's,
@@ -524,18 +532,6 @@ function idOf(o: object): number {
   let id = objectIds.get(o);
   if (id === undefined) objectIds.set(o, (id = nextObjectId++));
   return id;
-}
-
-function cached<V>(byDevice: WeakMap<GPUDevice, Map<string, V>>, device: GPUDevice, key: string, max: number, make: () => V): V {
-  let cache = byDevice.get(device);
-  if (!cache) byDevice.set(device, (cache = new Map()));
-  let v = cache.get(key);
-  if (v === undefined) {
-    v = make();
-    if (cache.size >= max) cache.delete(cache.keys().next().value as string);
-    cache.set(key, v);
-  }
-  return v;
 }
 
 /** The bind group (group 0) of `pipeline` over `buffers` at bindings 0, 1, …, made once per pipeline and buffers. */
